@@ -1,0 +1,26 @@
+"""encrypted_torch: PyTorch-style training on CKKS-encrypted data (HETAL on SEAL)."""
+
+from .autograd import Function, no_grad
+from .ckks import PRESETS, CKKSParams, OpCounts, PublicContext, count_ops
+from .ckks.secret import SecretContext
+from .errors import (
+    ContextMismatchError,
+    DepthError,
+    DomainError,
+    EncTorchError,
+    KeyRoleError,
+    MissingRotationKeyError,
+    SerializationError,
+    ShapeError,
+)
+from .refresh import Refresher, current_refresher, refresh_with
+from .tensor import BlockLayout, EncTensor, encrypt, unit_shape
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS", "BlockLayout", "CKKSParams", "ContextMismatchError", "DepthError", "DomainError",
+    "EncTensor", "EncTorchError", "Function", "KeyRoleError", "MissingRotationKeyError",
+    "OpCounts", "PublicContext", "Refresher", "SecretContext", "SerializationError", "ShapeError",
+    "count_ops", "current_refresher", "encrypt", "no_grad", "refresh_with", "unit_shape",
+]

@@ -1,0 +1,152 @@
+"""The key owner's context: generates keys, encrypts, decrypts and refreshes (client side only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ContextMismatchError, SerializationError
+from . import counters, serialize
+from .evaluator import Cipher
+from .galois import power_of_two_steps
+from .params import CKKSParams, get_params
+from .public import PublicContext, _params_from_meta, _params_meta, build_public
+
+KIND = "secret_context"
+
+
+class SecretContext:
+    """Holds the secret key. Never give it (or its bytes) to the server: give ``public()``.
+
+    >>> sk = SecretContext.create("test", backend="plain")
+    >>> pk = sk.public()           # what the server gets
+    """
+
+    holds_secret_key = True
+
+    def __init__(self, params: CKKSParams, backend_name: str, owner: Any,
+                 public_parts: dict[str, bytes], steps: Sequence[int]) -> None:
+        self.params = params
+        self.backend_name = backend_name
+        self._owner = owner
+        self._public_parts = public_parts
+        self._steps = sorted({int(s) % params.slots for s in steps} - {0})
+        self._public: PublicContext | None = None
+
+    @classmethod
+    def create(cls, preset: str | CKKSParams = "fast", rotations: Iterable[int] | None = None,
+               backend: str = "seal") -> SecretContext:
+        """Generate fresh keys. ``rotations``: the rotation steps to make Galois keys for
+        (default: all ±2^i, as TenSEAL; pass a layout's steps to save memory). ``backend``:
+        ``"seal"`` (real CKKS) or ``"plain"`` (exact numpy slots, for tests and op counts)."""
+        params = get_params(preset)
+        steps = list(power_of_two_steps(params.slots) if rotations is None else rotations)
+        if backend == "seal":
+            from .seal_backend import SealKeyOwner
+
+            owner: Any = SealKeyOwner(params)
+            parts = owner.make_public_parts(steps)
+        elif backend == "plain":
+            owner = _PlainKeyOwner(os.urandom(16))
+            parts = {"token": owner.token}
+        else:
+            raise ValueError(f"unknown backend {backend!r}; choose 'seal' or 'plain'")
+        return cls(params, backend, owner, parts, steps)
+
+    # --- roles ---------------------------------------------------------------------------------
+    def public(self) -> PublicContext:
+        """The server's context, rebuilt from bytes that carry no secret key."""
+        if self._public is None:
+            self._public = PublicContext.from_bytes(self.public_bytes())
+        return self._public
+
+    def public_bytes(self) -> bytes:
+        """The serialized PublicContext to send to the server."""
+        if self._public is not None:
+            return self._public.to_bytes()
+        return build_public(self.params, self.backend_name, self._public_parts, self._steps).to_bytes()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.public().fingerprint
+
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    def __repr__(self) -> str:
+        return (f"SecretContext(preset={self.params.name!r}, backend={self.backend_name!r}, "
+                f"slots={self.slots}, levels={self.params.levels})")
+
+    # --- decrypt / refresh -------------------------------------------------------------------------
+    def decrypt_vector(self, c: Cipher) -> np.ndarray:
+        """The complex slot values of one ciphertext."""
+        if not isinstance(c, Cipher):
+            raise TypeError(f"expected a Cipher, got {type(c).__name__}")
+        if c.context_id != self.fingerprint:
+            raise ContextMismatchError("this ciphertext was encrypted under another key")
+        return self._owner.decrypt(c.handle)
+
+    def decrypt(self, x: Any) -> Any:
+        """Decrypt an EncTensor to a float64 torch.Tensor of its shape (or a Cipher to slots)."""
+        if isinstance(x, Cipher):
+            return self.decrypt_vector(x)
+        decrypt_with = getattr(x, "_decrypt_with", None)
+        if decrypt_with is None:
+            raise TypeError(f"cannot decrypt a {type(x).__name__}")
+        return decrypt_with(self)
+
+    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
+        """Decrypt and re-encrypt at the top level; nothing else (a refresh is the identity)."""
+        ev = self.public().evaluator
+        out = []
+        for c in ciphers:
+            values = self.decrypt_vector(c)
+            out.append(ev.encrypt(values if np.any(values.imag) else values.real))
+        counters.record("refreshes", len(out))
+        return out
+
+    # --- bytes ---------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        meta = {"backend": self.backend_name, "params": _params_meta(self.params), "steps": self._steps}
+        return serialize.pack(KIND, {"meta": serialize.dumps_json(meta),
+                                     "secret_key": self._owner.secret_bytes(), **self._public_parts})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SecretContext:
+        sections = serialize.unpack(data, KIND)
+        meta_raw, sk = serialize.require(sections, "meta", "secret_key")
+        meta = serialize.loads_json(meta_raw)
+        try:
+            params = _params_from_meta(meta["params"])
+            backend, steps = meta["backend"], [int(s) for s in meta["steps"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise SerializationError(f"malformed context metadata: {err}") from err
+        parts = {k: v for k, v in sections.items() if k not in ("meta", "secret_key")}
+        if backend == "seal":
+            from .seal_backend import SealKeyOwner
+
+            owner: Any = SealKeyOwner(params, secret_key_bytes=sk)
+        elif backend == "plain":
+            owner = _PlainKeyOwner(sk)
+        else:
+            raise SerializationError(f"unknown backend {backend!r}")
+        ctx = cls(params, backend, owner, parts, steps)
+        ctx.public()  # validates the public parts now, not at first use
+        return ctx
+
+
+class _PlainKeyOwner:
+    """The plaintext backend's 'key': a random token that ties ciphertexts to their context."""
+
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+    def decrypt(self, handle: np.ndarray) -> np.ndarray:
+        return np.array(handle, dtype=np.complex128)
+
+    def secret_bytes(self) -> bytes:
+        return self.token

@@ -1,0 +1,43 @@
+"""One exception hierarchy for everything encrypted_torch raises on bad input or bad state."""
+
+from __future__ import annotations
+
+
+class EncTorchError(Exception):
+    """Base class of every error encrypted_torch raises on purpose."""
+
+
+class ShapeError(EncTorchError, ValueError):
+    """Operands whose shapes or block layouts do not fit the operation."""
+
+
+class KeyRoleError(EncTorchError):
+    """An operation needs a key the context does not hold (decrypt on the server, say)."""
+
+
+class MissingRotationKeyError(KeyRoleError):
+    """A rotation step has no Galois key and cannot be composed from the keys present."""
+
+
+class DepthError(EncTorchError):
+    """A ciphertext has fewer levels left than the operation consumes."""
+
+    def __init__(self, op: str, needed: int, left: int, hint: str | None = None) -> None:
+        self.op, self.needed, self.left = op, needed, left
+        hint = hint or (
+            "refresh the operand (with encrypted_torch.refresh_with(secret_ctx)) "
+            "or pick a deeper preset"
+        )
+        super().__init__(f"{op} needs {needed} level(s), {left} left; {hint}")
+
+
+class DomainError(EncTorchError, ValueError):
+    """Values outside the domain an approximation or the CKKS modulus can hold."""
+
+
+class SerializationError(EncTorchError, ValueError):
+    """Bytes that are not a valid serialized encrypted_torch object."""
+
+
+class ContextMismatchError(EncTorchError):
+    """Operands encrypted under different keys or parameters."""

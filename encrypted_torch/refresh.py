@@ -1,0 +1,69 @@
+"""Refresh instead of bootstrapping: the key owner brings ciphertexts back to the top level.
+
+SEAL cannot bootstrap, so an op that would run out of levels asks the active ``Refresher``
+(set with ``refresh_with``); with none set it raises DepthError. HETAL.md §1: a refresh is the
+identity (decrypt, re-encrypt), it is interactive, and its count is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from .ckks.evaluator import Cipher
+from .errors import DepthError
+
+
+@runtime_checkable
+class Refresher(Protocol):
+    """Anything that turns ciphertexts into fresh encryptions of the same values at the top level."""
+
+    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]: ...
+
+
+_current: contextvars.ContextVar[Refresher | None] = contextvars.ContextVar(
+    "encrypted_torch_refresher", default=None
+)
+
+
+@contextlib.contextmanager
+def refresh_with(refresher: Refresher | None) -> Iterator[Refresher | None]:
+    """Let ops inside the block refresh ciphertexts that run out of levels through ``refresher``.
+
+    >>> with refresh_with(secret_ctx):          # doctest: +SKIP
+    ...     loss = model(x)
+    """
+    if refresher is not None and not isinstance(refresher, Refresher):
+        raise TypeError(f"{type(refresher).__name__} has no refresh(ciphers) method")
+    token = _current.set(refresher)
+    try:
+        yield refresher
+    finally:
+        _current.reset(token)
+
+
+def current_refresher() -> Refresher | None:
+    return _current.get()
+
+
+def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str) -> list[Cipher]:
+    """Return ``ciphers`` with at least ``levels`` levels each, refreshing only those short of it.
+
+    Raises DepthError naming the op when a refresh is needed and no refresher is active.
+    """
+    short = [i for i, c in enumerate(ciphers) if c.level < levels]
+    if not short:
+        return list(ciphers)
+    refresher = _current.get()
+    if refresher is None:
+        raise DepthError(op, levels, min(ciphers[i].level for i in short))
+    fresh = refresher.refresh([ciphers[i] for i in short])
+    out = list(ciphers)
+    for i, c in zip(short, fresh, strict=True):
+        if c.level < levels:
+            raise DepthError(op, levels, c.level, "even a fresh ciphertext is too shallow; "
+                             "pick a deeper preset")
+        out[i] = c
+    return out

@@ -1,0 +1,264 @@
+"""EncTensor: a 2-D matrix packed into CKKS ciphertexts, with torch-like ops and autograd.
+
+It holds only a PublicContext: anything that can see an EncTensor (the server) cannot decrypt
+it. Values never appear in its repr, and it refuses bool()/float().
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..autograd import function as autograd
+from ..ckks import serialize
+from ..ckks.evaluator import Cipher
+from ..ckks.public import PublicContext
+from ..errors import ContextMismatchError, KeyRoleError, SerializationError, ShapeError
+from ..refresh import ensure_levels
+from . import ops
+from .layout import BlockLayout, unit_shape
+
+KIND = "enc_tensor"
+
+
+class EncTensor:
+    """An encrypted float matrix in HETAL's block layout (see ``layout.BlockLayout``).
+
+    >>> x = encrypt(torch.randn(4, 3), secret_ctx)     # doctest: +SKIP
+    >>> secret_ctx.decrypt((x + 1) * 2)                 # doctest: +SKIP
+    """
+
+    def __init__(self, blocks: list[list[Cipher]], layout: BlockLayout, ctx: PublicContext,
+                 requires_grad: bool = False) -> None:
+        if not isinstance(ctx, PublicContext):
+            raise KeyRoleError(f"an EncTensor holds a PublicContext, not a {type(ctx).__name__}; "
+                               "pass secret_ctx.public()")
+        if (len(blocks), len(blocks[0]) if blocks else 0) != layout.grid:
+            raise ShapeError(f"{len(blocks)} block rows for a layout of grid {layout.grid}")
+        self._blocks = blocks
+        self.layout = layout
+        self.ctx = ctx
+        self.requires_grad = requires_grad
+        self.grad: EncTensor | None = None
+        self.grad_fn: autograd.Node | None = None
+
+    def _new(self, blocks: list[list[Cipher]], layout: BlockLayout | None = None) -> EncTensor:
+        return EncTensor(blocks, layout or self.layout, self.ctx)
+
+    # --- metadata --------------------------------------------------------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.layout.shape)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def blocks(self) -> list[list[Cipher]]:
+        return self._blocks
+
+    def ciphers(self) -> list[Cipher]:
+        return [c for row in self._blocks for c in row]
+
+    @property
+    def level(self) -> int:
+        """Levels left: the smallest chain index among the blocks."""
+        return min(c.level for c in self.ciphers())
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    def __repr__(self) -> str:
+        grad = f", grad_fn={self.grad_fn}" if self.grad_fn else (
+            ", requires_grad=True" if self.requires_grad else "")
+        return (f"EncTensor(shape={tuple(self.shape)}, layout={self.layout.describe()}, "
+                f"level={self.level}/{self.ctx.top_level}, backend={self.ctx.backend_name!r}{grad})")
+
+    def _refuse(self, what: str) -> Any:
+        raise TypeError(f"{what}() of an EncTensor would need its values; the server cannot see "
+                        "them. Decrypt with the key owner's SecretContext.")
+
+    def __bool__(self) -> bool:
+        return self._refuse("bool")
+
+    def __float__(self) -> float:
+        return self._refuse("float")
+
+    def __int__(self) -> int:
+        return self._refuse("int")
+
+    def __index__(self) -> int:
+        return self._refuse("index")
+
+    def item(self) -> Any:
+        return self._refuse("item")
+
+    def numpy(self) -> Any:
+        return self._refuse("numpy")
+
+    def tolist(self) -> Any:
+        return self._refuse("tolist")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    # --- arithmetic --------------------------------------------------------------------------------
+    def __add__(self, other: Any) -> EncTensor:
+        return ops.Add.apply(self, other)
+
+    def __radd__(self, other: Any) -> EncTensor:
+        return ops.Add.apply(self, other)
+
+    def __sub__(self, other: Any) -> EncTensor:
+        return ops.Sub.apply(self, other)
+
+    def __rsub__(self, other: Any) -> EncTensor:
+        return ops.Add.apply(ops.Neg.apply(self), other)
+
+    def __mul__(self, other: Any) -> EncTensor:
+        return ops.Mul.apply(self, other)
+
+    def __rmul__(self, other: Any) -> EncTensor:
+        return ops.Mul.apply(self, other)
+
+    def __neg__(self) -> EncTensor:
+        return ops.Neg.apply(self)
+
+    def __truediv__(self, other: Any) -> EncTensor:
+        if isinstance(other, EncTensor):
+            raise TypeError("division by an EncTensor needs an inverse approximation; "
+                            "use encrypted_torch.functional.reciprocal")
+        return ops.Mul.apply(self, 1.0 / other)
+
+    def sum(self, dim: int | None = None) -> EncTensor:
+        """Sum over ``dim`` (0 rows, 1 columns) keeping it, or over both; 1 level per dim."""
+        if dim is None:
+            return self.sum(0).sum(1)
+        if dim < 0:
+            dim += 2
+        return ops.Sum.apply(self, dim)
+
+    def mean(self, dim: int | None = None) -> EncTensor:
+        n = self.shape.numel() if dim is None else self.shape[dim if dim >= 0 else dim + 2]
+        return self.sum(dim) * (1.0 / n)
+
+    # --- autograd ----------------------------------------------------------------------------------
+    def requires_grad_(self, flag: bool = True) -> EncTensor:
+        self.requires_grad = flag
+        return self
+
+    def backward(self, gradient: EncTensor | None = None) -> None:
+        """Backpropagate ``gradient`` (an EncTensor of this shape) to the leaves' ``.grad``."""
+        if gradient is None:
+            raise ShapeError("EncTensor.backward needs an explicit encrypted gradient; a scalar "
+                             "loss seed is plaintext 1 only for (1, 1) tensors: pass it")
+        if gradient.shape != self.shape:
+            raise ShapeError(f"gradient of shape {tuple(gradient.shape)} for a {tuple(self.shape)} tensor")
+        autograd.backward(self, gradient)
+
+    def detach(self) -> EncTensor:
+        return self._new(self._blocks)
+
+    # --- levels --------------------------------------------------------------------------------------
+    def mod_switch_to(self, level: int) -> EncTensor:
+        """Drop every block to ``level`` (cheaper ops afterwards; no noise added)."""
+        ev = self.ctx.evaluator
+        return self._new([[ev.mod_switch(c, level) for c in row] for row in self._blocks])
+
+    def refresh(self, levels: int | None = None) -> EncTensor:
+        """Bring blocks below ``levels`` (default: all) to the top level via the active Refresher."""
+        need = self.ctx.top_level if levels is None else levels
+        flat = ensure_levels(self.ciphers(), need, "refresh")
+        n_b = self.layout.grid[1]
+        out = self._new([flat[i : i + n_b] for i in range(0, len(flat), n_b)])
+        out.requires_grad = self.requires_grad
+        return out
+
+    # --- decryption hook (called by SecretContext.decrypt) ----------------------------------------------
+    def _decrypt_with(self, secret: Any) -> torch.Tensor:
+        if secret.fingerprint != self.ctx.fingerprint:
+            raise ContextMismatchError("this EncTensor was encrypted under another key")
+        slots = np.stack([np.stack([secret.decrypt_vector(c).real for c in row]) for row in self._blocks])
+        return torch.from_numpy(np.ascontiguousarray(self.layout.unpack(slots))).to(torch.float64)
+
+    # --- bytes -----------------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        meta = {"shape": list(self.layout.shape), "unit": list(self.layout.unit),
+                "tiling": self.layout.tiling, "context": self.ctx.fingerprint,
+                "blocks": [[c.level, c.scale, c.size] for c in self.ciphers()]}
+        sections = {"meta": serialize.dumps_json(meta)}
+        for k, c in enumerate(self.ciphers()):
+            sections[f"b{k}"] = self.ctx.backend.handle_to_bytes(c.handle)
+        return serialize.pack(KIND, sections)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, ctx: Any) -> EncTensor:
+        """Load an EncTensor saved with ``to_bytes`` under the same keys."""
+        ctx = _public(ctx)
+        sections = serialize.unpack(data, KIND)
+        (meta_raw,) = serialize.require(sections, "meta")
+        meta = serialize.loads_json(meta_raw)
+        try:
+            layout = BlockLayout(tuple(meta["shape"]), tuple(meta["unit"]), str(meta["tiling"]))
+            info = [(int(lv), float(sc), int(sz)) for lv, sc, sz in meta["blocks"]]
+            fingerprint = str(meta["context"])
+        except (KeyError, TypeError, ValueError, ShapeError) as err:
+            raise SerializationError(f"malformed EncTensor metadata: {err}") from err
+        if fingerprint != ctx.fingerprint:
+            raise ContextMismatchError("these bytes were encrypted under another key than ctx's")
+        n_a, n_b = layout.grid
+        if len(info) != n_a * n_b or layout.slots != ctx.slots:
+            raise SerializationError("block count or unit shape does not match the layout/context")
+        flat = []
+        for k, (lv, sc, sz) in enumerate(info):
+            if not 0 <= lv <= ctx.top_level or sz not in (2, 3) or not sc > 0:
+                raise SerializationError(f"block {k}: invalid level/scale/size {lv, sc, sz}")
+            (raw,) = serialize.require(sections, f"b{k}")
+            flat.append(Cipher(ctx.backend.handle_from_bytes(raw), lv, sc, ctx.fingerprint, sz))
+        return cls([flat[i : i + n_b] for i in range(0, len(flat), n_b)], layout, ctx)
+
+
+def _public(ctx: Any) -> PublicContext:
+    if isinstance(ctx, PublicContext):
+        return ctx
+    public = getattr(ctx, "public", None)
+    if public is None:
+        raise KeyRoleError(f"expected a PublicContext or SecretContext, got {type(ctx).__name__}")
+    return public()
+
+
+def encrypt(tensor: Any, ctx: Any, *, unit: tuple[int, int] | None = None, tiling: str = "grid",
+            layout: BlockLayout | None = None, requires_grad: bool = False) -> EncTensor:
+    """Encrypt a 2-D tensor (or 1-D, as one row) with the public key.
+
+    ``unit`` (s0, s1) defaults to the smallest power of two ≥ rows for s0 (HETAL.md §2);
+    ``tiling`` is ``"grid"``, ``"vertical"`` (weights) or ``"horizontal"`` (logits).
+    """
+    ctx = _public(ctx)
+    t = torch.as_tensor(tensor).detach().to(torch.float64).cpu()
+    if t.ndim == 1:
+        t = t.unsqueeze(0)
+    if t.ndim != 2:
+        raise ShapeError(f"an EncTensor is 2-D; got a {t.ndim}-D tensor of shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ShapeError("cannot encrypt NaN or inf")
+    if layout is None:
+        if unit is None:
+            classes = t.shape[0] if tiling == "vertical" else (t.shape[1] if tiling == "horizontal" else 1)
+            unit = unit_shape(t.shape[0] if tiling != "vertical" else 1, classes, ctx.slots)
+        layout = BlockLayout(tuple(t.shape), tuple(unit), tiling)
+    if layout.shape != tuple(t.shape):
+        raise ShapeError(f"layout shape {layout.shape} vs tensor shape {tuple(t.shape)}")
+    if layout.slots != ctx.slots:
+        raise ShapeError(f"unit {layout.unit} has {layout.slots} slots; the context has {ctx.slots}")
+    packed = layout.pack(t.numpy())
+    ev = ctx.evaluator
+    blocks = [[ev.encrypt(packed[i, j]) for j in range(packed.shape[1])] for i in range(packed.shape[0])]
+    return EncTensor(blocks, layout, ctx, requires_grad=requires_grad)
