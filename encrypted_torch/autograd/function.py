@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ..profiling import section
+
 _state = threading.local()
 
 
@@ -57,6 +59,7 @@ class Function:
     """
 
     LEVELS: int = 0
+    SECTION: str = "elementwise"  # where its time is charged in step breakdowns (profiling.section)
 
     @staticmethod
     def forward(ctx: FunctionCtx, *args: Any) -> Any:
@@ -70,7 +73,8 @@ class Function:
     def apply(cls, *args: Any) -> Any:
         needs = tuple(bool(getattr(a, "requires_grad", False)) for a in args)
         ctx = FunctionCtx(needs)
-        out = cls.forward(ctx, *args)
+        with section(cls.SECTION):
+            out = cls.forward(ctx, *args)
         if is_grad_enabled() and any(needs):
             out.requires_grad = True
             out.grad_fn = Node(cls, ctx, args)
@@ -101,7 +105,7 @@ def backward(root: Any, grad: Any) -> None:
         if t.grad_fn is None:
             t.grad = g if t.grad is None else t.grad + g
             continue
-        with no_grad():
+        with no_grad(), section(t.grad_fn.fn.SECTION):
             in_grads = t.grad_fn.fn.backward(t.grad_fn.ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)

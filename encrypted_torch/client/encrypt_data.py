@@ -1,0 +1,48 @@
+"""Client side: shuffle, batch and encrypt features and one-hot labels in HETAL's layout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data.dataset import EncBatch, EncDataset
+from ..errors import ShapeError
+from ..tensor.enctensor import encrypt
+from ..tensor.layout import BlockLayout, unit_shape
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float64 one-hot rows; labels must lie in [0, num_classes)."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ShapeError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    return torch.nn.functional.one_hot(labels, num_classes).to(torch.float64)
+
+
+def encrypt_batches(features: torch.Tensor, labels: torch.Tensor | None, public_ctx: Any, *,
+                    num_classes: int, batch_size: int, shuffle: bool = True, seed: int = 0,
+                    name: str = "train", encrypt_labels: bool = True) -> tuple[EncDataset, torch.Tensor]:
+    """Encrypt a dataset; returns it and the sample order used (for the key owner's labels)."""
+    features = torch.as_tensor(features).to(torch.float64)
+    if features.ndim != 2:
+        raise ShapeError(f"features must be (samples, features), got {tuple(features.shape)}")
+    n = features.shape[0]
+    if labels is not None and len(labels) != n:
+        raise ShapeError(f"{n} feature rows but {len(labels)} labels")
+    if batch_size < 1:
+        raise ShapeError(f"batch_size must be positive, got {batch_size}")
+    unit = unit_shape(batch_size, num_classes, public_ctx.slots)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    batches = []
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        xb = features[idx]
+        x = encrypt(xb, public_ctx, layout=BlockLayout(tuple(xb.shape), unit, "grid"))
+        y = None
+        if labels is not None and encrypt_labels:
+            yb = one_hot(torch.as_tensor(labels)[idx], num_classes)
+            y = encrypt(yb, public_ctx, layout=BlockLayout(tuple(yb.shape), unit, "horizontal"))
+        batches.append(EncBatch(x, y, len(idx)))
+    ds = EncDataset(batches, num_classes, features.shape[1], unit, name)
+    return ds, order

@@ -1,0 +1,89 @@
+"""The key owner (client): encrypts its data, answers refreshes, judges epochs, keeps the best model.
+
+HETAL.md §1: at each epoch end the server sends encrypted validation logits and the state to
+refresh; the key owner computes the validation loss in float64 from the decrypted logits and
+its own labels, keeps the decrypted weights of its best epoch, and answers with fresh
+encryptions and one continue/stop bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..ckks.evaluator import Cipher
+from ..ckks.secret import SecretContext
+from ..data.dataset import EncDataset
+from ..errors import ShapeError
+from ..tensor.enctensor import EncTensor, encrypt
+from ..training.early_stopping import EarlyStopping
+from ..training.protocol import EpochVerdict
+from .encrypt_data import encrypt_batches
+
+
+class KeyOwner:
+    """Client-side party holding the SecretContext; implements the server's ``KeyOwnerLink``."""
+
+    def __init__(self, secret: SecretContext, early_stopping: EarlyStopping | None = None) -> None:
+        self.secret = secret
+        self.early_stopping = early_stopping or EarlyStopping(patience=3)
+        self.history: list[dict[str, float]] = []
+        self._val_labels: dict[str, torch.Tensor] = {}
+        self._best: dict[str, torch.Tensor] | None = None
+        self._layouts: dict[str, Any] = {}
+
+    @property
+    def public_context(self) -> Any:
+        return self.secret.public()
+
+    # --- data ---------------------------------------------------------------------------------------
+    def encrypt_dataset(self, features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
+                        batch_size: int, name: str = "train", keep_labels: bool = False,
+                        shuffle: bool = True, seed: int = 0) -> EncDataset:
+        """Shuffle, batch and encrypt. ``keep_labels=True`` (validation): the labels stay here."""
+        ds, order = encrypt_batches(features, labels, self.public_context, num_classes=num_classes,
+                                    batch_size=batch_size, shuffle=shuffle, seed=seed, name=name,
+                                    encrypt_labels=not keep_labels)
+        if keep_labels:
+            self._val_labels[name] = torch.as_tensor(labels, dtype=torch.int64)[order]
+        return ds
+
+    # --- the server's requests ---------------------------------------------------------------------------
+    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
+        return self.secret.refresh(ciphers)
+
+    def validation_metrics(self, dataset: str, val_logits: list[EncTensor]) -> dict[str, float]:
+        """Cross-entropy (float64) and accuracy of decrypted logits against the kept labels."""
+        if dataset not in self._val_labels:
+            raise ShapeError(f"no validation labels kept for dataset {dataset!r}")
+        logits = torch.cat([self.secret.decrypt(t) for t in val_logits])
+        labels = self._val_labels[dataset]
+        if logits.shape[0] != labels.shape[0]:
+            raise ShapeError(f"{logits.shape[0]} validation logits for {labels.shape[0]} labels")
+        loss = torch.nn.functional.cross_entropy(logits, labels).item()
+        acc = (logits.argmax(1) == labels).double().mean().item()
+        return {"val_loss": loss, "val_acc": acc}
+
+    def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
+                  state: dict[str, EncTensor]) -> EpochVerdict:
+        metrics = self.validation_metrics(dataset, val_logits)
+        improved, stop = self.early_stopping.update(epoch, metrics["val_loss"])
+        plain = {k: self.secret.decrypt(v) for k, v in state.items()}
+        if improved:
+            self._best = plain
+            self._layouts = {k: (v.layout, v.ctx) for k, v in state.items()}
+        self.history.append({"epoch": epoch, **metrics, "improved": float(improved)})
+        refreshed = {k: encrypt(plain[k], v.ctx, layout=v.layout) for k, v in state.items()}
+        return EpochVerdict(refreshed, stop)
+
+    def best_state(self) -> dict[str, EncTensor]:
+        """Fresh encryptions of the best epoch's weights (the server loads them at the end)."""
+        if self._best is None:
+            raise ShapeError("no epoch has been judged yet")
+        return {k: encrypt(v, self._layouts[k][1], layout=self._layouts[k][0]) for k, v in self._best.items()}
+
+    @property
+    def best_epoch(self) -> int:
+        return self.early_stopping.best_epoch

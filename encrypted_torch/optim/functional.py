@@ -1,0 +1,57 @@
+"""The update rules as functions on EncTensors (the optimizer classes keep the state).
+
+Each scalar multiplication costs one level, so ``_with_levels`` refreshes (through the active
+Refresher) a tensor that has none left, and only then.
+"""
+
+from __future__ import annotations
+
+from ..tensor.enctensor import EncTensor
+
+
+def _with_levels(t: EncTensor, levels: int = 1) -> EncTensor:
+    return t if t.level >= levels else t.refresh(levels)
+
+
+def scale(t: EncTensor, factor: float) -> EncTensor:
+    """factor · t: 1 level."""
+    return _with_levels(t) * float(factor)
+
+
+def sgd(param: EncTensor, grad: EncTensor, buf: EncTensor | None, *, lr: float, momentum: float,
+        dampening: float, nesterov: bool, weight_decay: float) -> tuple[EncTensor, EncTensor | None]:
+    """torch.optim.SGD's rule; returns (new param, new momentum buffer)."""
+    if weight_decay:
+        grad = grad + scale(param, weight_decay)
+    if momentum:
+        if buf is None:
+            buf = grad
+        else:
+            buf = scale(buf, momentum) + (grad if dampening == 0 else scale(grad, 1 - dampening))
+        step_dir = grad + scale(buf, momentum) if nesterov else buf
+    else:
+        step_dir = grad
+    return param - scale(step_dir, lr), buf
+
+
+def nag(param: EncTensor, grad: EncTensor, v_prev: EncTensor | None, *, lr: float,
+        gamma: float) -> tuple[EncTensor, EncTensor]:
+    """Kim et al. 2018's Nesterov form (HETAL.md §5): v' = w − η∇; w' = (1−γ)v' + γ·v.
+
+    Returns (new param, v'). With γ = 0 (the first step) it is one plain gradient step.
+    """
+    v_next = param - scale(grad, lr)
+    if v_prev is None or gamma == 0:
+        return v_next, v_next
+    return scale(v_next, 1 - gamma) + scale(v_prev, gamma), v_next
+
+
+def nag_gammas(steps: int) -> list[float]:
+    """γ_1..γ_steps: λ_0 = 0, λ_{t+1} = (1 + √(1 + 4λ_t²))/2, γ_t = (1 − λ_t)/λ_{t+1}.
+
+    γ_1 = 0 (the first step is plain gradient descent), then γ_t < 0.
+    """
+    lams = [0.0]
+    for _ in range(steps + 1):
+        lams.append((1 + (1 + 4 * lams[-1] ** 2) ** 0.5) / 2)
+    return [(1 - lams[t]) / lams[t + 1] for t in range(1, steps + 1)]

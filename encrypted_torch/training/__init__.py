@@ -1,0 +1,7 @@
+"""Training loop with encrypted early stopping (server side)."""
+
+from .early_stopping import EarlyStopping
+from .protocol import EpochVerdict, KeyOwnerLink
+from .trainer import FitResult, StepRecord, Trainer, fit
+
+__all__ = ["EarlyStopping", "EpochVerdict", "FitResult", "KeyOwnerLink", "StepRecord", "Trainer", "fit"]

@@ -1,0 +1,117 @@
+"""Optimizers: the encrypted update rules against torch.optim over several steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import encrypted_torch as et
+from encrypted_torch.ckks.noise import ckks_tolerance
+from encrypted_torch.nn import Parameter
+from encrypted_torch.optim import NAG, SGD
+from encrypted_torch.optim.functional import nag_gammas
+
+
+def _run_both(ctx, make_torch_opt, make_enc_opt, grads, shape):
+    w0 = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    tw = torch.nn.Parameter(w0.clone())
+    topt = make_torch_opt([tw])
+    ew = Parameter(et.encrypt(w0, ctx))
+    eopt = make_enc_opt([ew])
+    with et.refresh_with(ctx):
+        for g in grads:
+            tw.grad = g.clone()
+            topt.step()
+            ew.grad = et.encrypt(g, ctx)
+            eopt.step()
+    return tw.detach(), ctx.decrypt(ew)
+
+
+SGD_CONFIGS = [
+    dict(lr=0.5),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.1, momentum=0.9, nesterov=True),
+    dict(lr=0.2, momentum=0.5, dampening=0.1, weight_decay=0.01),
+]
+
+
+@pytest.mark.parametrize("cfg", SGD_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_sgd_matches_torch_exactly_on_plain_backend(plain_ctx, cfg):
+    grads = [torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+             for s in range(5)]
+    ref, got = _run_both(plain_ctx, lambda p: torch.optim.SGD(p, **cfg), lambda p: SGD(p, **cfg), grads, (3, 5))
+    assert torch.allclose(got, ref, atol=1e-9, rtol=0)
+
+
+@given(st.sampled_from(SGD_CONFIGS), st.integers(2, 4))
+def test_sgd_matches_torch_within_ckks_tolerance(seal_ctx, cfg, steps):
+    grads = [torch.rand(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) - 0.5
+             for s in range(steps)]
+    ref, got = _run_both(seal_ctx, lambda p: torch.optim.SGD(p, **cfg), lambda p: SGD(p, **cfg), grads, (4, 6))
+    # each step: a handful of fresh encryptions and scalar products, refreshed when out of levels
+    assert (got - ref).abs().max() <= ckks_tolerance(seal_ctx.params, magnitude=4, depth=3 * steps)
+
+
+def test_sgd_refreshes_buffers_only_when_out_of_levels(seal_ctx):
+    w = Parameter(et.encrypt(torch.zeros(2, 2), seal_ctx))
+    opt = SGD([w], lr=0.1, momentum=0.9)
+    with et.refresh_with(seal_ctx), et.count_ops() as ops:
+        for _ in range(4):
+            w.grad = et.encrypt(torch.ones(2, 2), seal_ctx)
+            opt.step()
+    assert ops.refreshes >= 1  # 3 levels: the momentum buffer runs out within 4 steps
+    with pytest.raises(et.DepthError, match="level"):
+        for _ in range(4):
+            w.grad = et.encrypt(torch.ones(2, 2), seal_ctx)
+            opt.step()
+
+
+def test_nag_gammas_follow_the_recurrence():
+    g = nag_gammas(4)
+    assert g[0] == 0.0 and all(x < 0 for x in g[1:])
+    golden = (1 + 5**0.5) / 2  # λ_2
+    lam3 = (1 + (1 + 4 * golden**2) ** 0.5) / 2
+    assert g[1] == pytest.approx((1 - golden) / lam3, abs=1e-12)
+
+
+def test_nag_matches_its_formula_on_plain_backend(plain_ctx):
+    lr, steps = 0.3, 4
+    grads = [torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+             for s in range(steps)]
+    w = torch.randn(2, 3, dtype=torch.float64)
+    ew = Parameter(et.encrypt(w, plain_ctx))
+    opt = NAG([ew], lr=lr)
+    v_prev = None
+    with et.refresh_with(plain_ctx):
+        for t, g in enumerate(grads):
+            gamma = nag_gammas(t + 1)[-1]
+            v = w - lr * g
+            w = v if v_prev is None else (1 - gamma) * v + gamma * v_prev
+            v_prev = v
+            ew.grad = et.encrypt(g, plain_ctx)
+            opt.step()
+    assert torch.allclose(plain_ctx.decrypt(ew), w, atol=1e-9)
+
+
+def test_optimizer_rejects_plain_tensors_and_bad_lr(plain_ctx):
+    with pytest.raises(TypeError, match="encrypted Parameters"):
+        SGD([torch.zeros(2)], lr=0.1)
+    p = Parameter(et.encrypt(torch.zeros(1, 2), plain_ctx))
+    with pytest.raises(ValueError, match="learning rate"):
+        SGD([p], lr=0)
+    with pytest.raises(ValueError, match="Nesterov"):
+        SGD([p], lr=0.1, nesterov=True)
+
+
+def test_optimizer_state_dict_round_trip(plain_ctx):
+    p = Parameter(et.encrypt(torch.ones(2, 2), plain_ctx))
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad = et.encrypt(torch.ones(2, 2), plain_ctx)
+    opt.step()
+    sd = opt.state_dict()
+    opt2 = SGD([p], lr=0.5, momentum=0.9)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["lr"] == 0.1
+    assert torch.allclose(plain_ctx.decrypt(opt2.state[p]["momentum_buffer"]), torch.ones(2, 2, dtype=torch.float64))
