@@ -7,7 +7,7 @@ section (matmul, softmax, optimizer, refresh) and its operations and refreshes a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..autograd.function import no_grad
 from ..ckks.counters import count_ops
 from ..ckks.evaluator import Cipher
-from ..data.dataset import DataLoader, EncDataset
+from ..data.dataset import DataLoader, EncBatch, EncDataset
 from ..nn.loss import CrossEntropyLoss
 from ..nn.module import Module
 from ..optim.optimizer import EncOptimizer
@@ -108,10 +108,10 @@ class Trainer:
                 if f"optim.{i}.{k}" in refreshed:
                     s[k] = refreshed[f"optim.{i}.{k}"]
 
-    def fit(self, train: EncDataset | DataLoader, val: EncDataset, epochs: int,
+    def fit(self, train: EncDataset | Iterable[EncBatch], val: EncDataset, epochs: int,
             start_epoch: int = 0, result: FitResult | None = None) -> FitResult:
         """Train up to ``epochs`` epochs; stop when the key owner says so; load the best weights."""
-        loader = train if isinstance(train, DataLoader) else DataLoader(train, shuffle=True)
+        loader = DataLoader(train, shuffle=True) if isinstance(train, EncDataset) else train
         result = result or FitResult()
         for epoch in range(start_epoch, epochs):
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not self.progress, leave=False)
@@ -135,7 +135,7 @@ class Trainer:
         return result
 
 
-def fit(model: Module, optimizer: EncOptimizer, train: EncDataset | DataLoader, val: EncDataset,
+def fit(model: Module, optimizer: EncOptimizer, train: EncDataset | Iterable[EncBatch], val: EncDataset,
         epochs: int, *, key_owner: KeyOwnerLink, criterion: Any = None, progress: bool = True) -> FitResult:
     """Functional form of ``Trainer(...).fit(...)``."""
     return Trainer(model, optimizer, key_owner, criterion, progress).fit(train, val, epochs)
