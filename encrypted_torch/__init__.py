@@ -2,7 +2,6 @@
 
 from .autograd import Function, no_grad
 from .ckks import PRESETS, CKKSParams, OpCounts, PublicContext, count_ops
-from .ckks.secret import SecretContext
 from .errors import (
     ContextMismatchError,
     DepthError,
@@ -17,6 +16,15 @@ from .refresh import Refresher, current_refresher, refresh_with
 from .tensor import BlockLayout, EncTensor, encrypt, unit_shape
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # Lazy, so that server processes importing encrypted_torch never load the key owner's module.
+    if name == "SecretContext":
+        from .ckks.secret import SecretContext
+
+        return SecretContext
+    raise AttributeError(f"module 'encrypted_torch' has no attribute {name!r}")
 
 __all__ = [
     "PRESETS", "BlockLayout", "CKKSParams", "ContextMismatchError", "DepthError", "DomainError",

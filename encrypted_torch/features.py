@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["default_cache_dir", "extract", "fingerprint"]
 
@@ -122,14 +122,14 @@ def _load_cache(path: Path, key: str) -> torch.Tensor | None:
 def _save_cache(path: Path, key: str, features: torch.Tensor) -> None:
     """Write atomically (temp file in the same directory + os.replace): no torn caches."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # a unique name (not mkstemp, whose 0600 mode would ignore the umask) in the same directory
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         blob = {"format": _CACHE_FORMAT, "fingerprint": key, "features": features}
         torch.save(blob, tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ContextMismatchError, DepthError
+from ..errors import ContextMismatchError, DepthError, DomainError
 from . import counters
 from .galois import compose_rotation
 
 _SAME_SCALE = 1e-12  # relative; differences this small are double rounding, not real drift
+_MIN_PLAIN_SCALE = 2.0**20  # a plaintext encoded below this keeps less than ~6 decimal digits
 
 
 @dataclass
@@ -126,20 +127,23 @@ class Evaluator:
     def align(self, a: Cipher, b: Cipher) -> tuple[Cipher, Cipher]:
         """Same level and scale for both operands of an addition, at the least cost."""
         self._own(a, b)
-        if a.level == b.level and self._close(a.scale, b.scale):
-            if a.scale != b.scale:
-                self.backend.set_scale(b.handle, a.scale)
-                b = Cipher(b.handle, b.level, a.scale, b.context_id, b.size)
-            return a, b
         if a.level > b.level:
-            return self.to_level_scale(a, b.level, b.scale), b
-        if b.level > a.level:
-            return a, self.to_level_scale(b, a.level, a.scale)
-        # Same level, different scales: both lose one level.
-        self._require(a, 1, "add (scale alignment)")
-        counters.record("scale_alignments")
-        b = self.mul_plain(b, 1.0, out_scale=a.scale)
-        return self.mod_switch(a, b.level), b
+            a = self.to_level_scale(a, b.level, b.scale)
+        elif b.level > a.level:
+            b = self.to_level_scale(b, a.level, a.scale)
+        elif not self._close(a.scale, b.scale):
+            # Same level, different scales: both lose one level.
+            self._require(a, 1, "add (scale alignment)")
+            counters.record("scale_alignments")
+            b = self.mul_plain(b, 1.0, out_scale=a.scale)
+            a = self.mod_switch(a, b.level)
+        if a.scale != b.scale:
+            # Equal up to double rounding, but SEAL wants identical scales: set a's on a copy of b
+            # (never on the caller's handle, whose tracked scale would then disagree with SEAL's).
+            handle = self.backend.mod_switch(b.handle, b.level)
+            self.backend.set_scale(handle, a.scale)
+            b = Cipher(handle, b.level, a.scale, b.context_id, b.size)
+        return a, b
 
     @staticmethod
     def _close(x: float, y: float) -> bool:
@@ -185,6 +189,12 @@ class Evaluator:
         wanted = self.params.scale if out_scale is None else out_scale
         q = self.primes[a.level]
         pt_scale = wanted * q / a.scale
+        if pt_scale < _MIN_PLAIN_SCALE:
+            # The plaintext would be rounded to a few bits (a mask of 0.5 to 0 or 1), silently.
+            raise DomainError(
+                f"multiply by plaintext: a cipher at scale 2^{np.log2(a.scale):.1f} would need the "
+                f"plaintext encoded at scale 2^{np.log2(pt_scale):.1f}; finish() or rescale the "
+                "product first, or ask for a larger out_scale")
         vec = self._vector(values)
         if np.isscalar(vec):
             vec = np.full(self.slots, vec)

@@ -101,4 +101,6 @@ class PlainBackend:
             raise SerializationError(f"not a plaintext slot vector: {err}") from err
         if arr.shape != (self.slots,) or arr.dtype != np.complex128:
             raise SerializationError(f"slot vector of shape {arr.shape}, expected ({self.slots},)")
+        if not np.all(np.isfinite(arr)):
+            raise SerializationError("slot vector holds NaN or inf")
         return arr

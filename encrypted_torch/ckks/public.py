@@ -60,9 +60,8 @@ class PublicContext:
 
     # --- bytes ---------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        meta = {"backend": self.backend_name, "params": _params_meta(self.params),
-                "steps": sorted(self.rotation_steps), "fingerprint": self.fingerprint}
-        return serialize.pack(KIND, {"meta": serialize.dumps_json(meta), **self._raw_parts})
+        return pack_public(self.params, self.backend_name, self.rotation_steps, self.fingerprint,
+                           self._raw_parts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PublicContext:
@@ -81,7 +80,7 @@ class PublicContext:
         try:
             params = _params_from_meta(meta["params"])
             steps, backend_name, fingerprint = list(meta["steps"]), meta["backend"], meta["fingerprint"]
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise SerializationError(f"malformed context metadata: {err}") from err
         parts = {k: v for k, v in sections.items() if k != "meta"}
         return build_public(params, backend_name, parts, steps, fingerprint)
@@ -90,25 +89,44 @@ class PublicContext:
 def build_public(params: CKKSParams, backend_name: str, parts: dict[str, bytes],
                  steps: Iterable[int], fingerprint: str | None = None) -> PublicContext:
     """Construct a PublicContext from its public parts (used by both roles' loaders)."""
-    steps = [int(s) for s in steps]
-    if backend_name == "seal":
-        from .seal_backend import SealBackend
-
-        serialize.require(parts, "public_key", "relin_keys", "galois_keys")
-        expected = hashlib.sha256(parts["public_key"]).hexdigest()
-        if fingerprint is not None and fingerprint != expected:
-            raise SerializationError("public key does not match the context's fingerprint")
-        backend: Any = SealBackend(params, parts, steps)
-        fingerprint = expected
-    elif backend_name == "plain":
-        from .plain_backend import PlainBackend
-
-        (token,) = serialize.require(parts, "token")
-        fingerprint = hashlib.sha256(token).hexdigest()
-        backend = PlainBackend(params, steps)
-    else:
+    try:
+        steps = [int(s) for s in steps]
+    except (TypeError, ValueError, OverflowError) as err:
+        raise SerializationError(f"malformed rotation steps: {err}") from err
+    if backend_name not in ("seal", "plain"):
         raise SerializationError(f"unknown backend {backend_name!r}")
-    return PublicContext(params, backend, fingerprint, parts)
+    expected = key_fingerprint(backend_name, parts)
+    if fingerprint is not None and fingerprint != expected:
+        raise SerializationError("the key material does not match the context's fingerprint")
+    try:
+        if backend_name == "seal":
+            from .seal_backend import SealBackend
+
+            serialize.require(parts, "public_key", "relin_keys", "galois_keys")
+            backend: Any = SealBackend(params, parts, steps)
+        else:
+            from .plain_backend import PlainBackend
+
+            backend = PlainBackend(params, steps)
+    except SerializationError:
+        raise
+    except (ValueError, RuntimeError, TypeError) as err:  # SEAL rejects the parameters
+        raise SerializationError(f"cannot build a {backend_name} context from these parameters: {err}") from err
+    return PublicContext(params, backend, expected, parts)
+
+
+def pack_public(params: CKKSParams, backend_name: str, steps: Iterable[int], fingerprint: str,
+                parts: dict[str, bytes]) -> bytes:
+    """The bytes of a PublicContext (also made by the key owner without loading the keys)."""
+    meta = {"backend": backend_name, "params": _params_meta(params), "steps": sorted(steps),
+            "fingerprint": fingerprint}
+    return serialize.pack(KIND, {"meta": serialize.dumps_json(meta), **parts})
+
+
+def key_fingerprint(backend_name: str, parts: dict[str, bytes]) -> str:
+    """A context's identity: the hash of its public key (the plaintext backend's token)."""
+    (key,) = serialize.require(parts, "public_key" if backend_name == "seal" else "token")
+    return hashlib.sha256(key).hexdigest()
 
 
 def _params_meta(p: CKKSParams) -> dict[str, Any]:
@@ -120,8 +138,11 @@ def _params_from_meta(m: dict[str, Any]) -> CKKSParams:
     known = get_params(params.name) if params.name in ("test", "fast", "deep") else None
     if known is not None and known != params:
         raise SerializationError(f"parameters named {params.name!r} differ from that preset")
-    if params.poly_modulus_degree not in (4096, 8192, 16384, 32768) or not params.coeff_bits:
-        raise SerializationError(f"unsupported ring degree {params.poly_modulus_degree}")
+    if params.poly_modulus_degree not in (4096, 8192, 16384, 32768) or len(params.coeff_bits) < 2:
+        raise SerializationError(f"unsupported ring degree {params.poly_modulus_degree} "
+                                 f"or modulus chain {params.coeff_bits}")
+    if not 0 < params.scale_bits < 61:
+        raise SerializationError(f"unsupported scale 2^{params.scale_bits}")
     return params
 
 

@@ -204,7 +204,14 @@ class SealBackend:
 
     def multiply_plain(self, a: Any, values: np.ndarray, level: int, scale: float) -> Any:
         out = self._new()
-        self.evaluator.multiply_plain(a, self.encode(values, level, scale), out)
+        pt = self.encode(values, level, scale)
+        if pt.is_zero():
+            # Values too small for the scale encode to the zero polynomial, and SEAL refuses the
+            # (transparent) product: the product is an encryption of zero at the product's scale.
+            self.encryptor.encrypt_zero(self._parms_ids[level], out)
+            out.scale = a.scale * scale
+            return out
+        self.evaluator.multiply_plain(a, pt, out)
         return out
 
     def rotate(self, a: Any, step: int) -> Any:

@@ -13,7 +13,7 @@ from . import counters, serialize
 from .evaluator import Cipher
 from .galois import power_of_two_steps
 from .params import CKKSParams, get_params
-from .public import PublicContext, _params_from_meta, _params_meta, build_public
+from .public import PublicContext, _params_from_meta, _params_meta, key_fingerprint, pack_public
 
 KIND = "secret_context"
 
@@ -67,7 +67,9 @@ class SecretContext:
         """The serialized PublicContext to send to the server."""
         if self._public is not None:
             return self._public.to_bytes()
-        return build_public(self.params, self.backend_name, self._public_parts, self._steps).to_bytes()
+        # Packed directly: building a PublicContext here would load every key once more.
+        fingerprint = key_fingerprint(self.backend_name, self._public_parts)
+        return pack_public(self.params, self.backend_name, self._steps, fingerprint, self._public_parts)
 
     @property
     def fingerprint(self) -> str:
@@ -123,20 +125,37 @@ class SecretContext:
         try:
             params = _params_from_meta(meta["params"])
             backend, steps = meta["backend"], [int(s) for s in meta["steps"]]
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise SerializationError(f"malformed context metadata: {err}") from err
         parts = {k: v for k, v in sections.items() if k not in ("meta", "secret_key")}
         if backend == "seal":
             from .seal_backend import SealKeyOwner
 
-            owner: Any = SealKeyOwner(params, secret_key_bytes=sk)
+            try:
+                owner: Any = SealKeyOwner(params, secret_key_bytes=sk)
+            except SerializationError:
+                raise
+            except (ValueError, RuntimeError) as err:  # SEAL rejects the parameters
+                raise SerializationError(f"cannot build a seal context from these parameters: {err}") from err
         elif backend == "plain":
             owner = _PlainKeyOwner(sk)
         else:
             raise SerializationError(f"unknown backend {backend!r}")
         ctx = cls(params, backend, owner, parts, steps)
-        ctx.public()  # validates the public parts now, not at first use
+        ctx._check_key_pair()  # also validates the public parts now, not at first use
         return ctx
+
+    def _check_key_pair(self) -> None:
+        """Refuse a secret key that does not decrypt what the public key encrypts (spliced bytes)."""
+        backend = self.public().backend
+        if self.backend_name == "plain":
+            matches = self._owner.token == self._public_parts.get("token")
+        else:
+            probe = np.linspace(-1.0, 1.0, self.slots)
+            handle = backend.encrypt(probe, self.params.levels, self.params.scale)
+            matches = bool(np.max(np.abs(self._owner.decrypt(handle).real - probe)) < 1e-3)
+        if not matches:
+            raise ContextMismatchError("the secret key does not belong to the public key in these bytes")
 
 
 class _PlainKeyOwner:

@@ -87,3 +87,22 @@ class KeyOwner:
     @property
     def best_epoch(self) -> int:
         return self.early_stopping.best_epoch
+
+    # --- resume -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of everything the key owner has learnt: early stopping, history, the best epoch's
+        plaintext weights and their layouts, and the kept validation labels (plaintext: client only)."""
+        best = None if self._best is None else {k: v.clone() for k, v in self._best.items()}
+        return {"early_stopping": self.early_stopping.state_dict(),
+                "history": [dict(h) for h in self.history],
+                "best": best,
+                "layouts": {k: layout for k, (layout, _) in self._layouts.items()},
+                "val_labels": {k: v.clone() for k, v in self._val_labels.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` (e.g. to judge an epoch again after the server rolled back)."""
+        self.early_stopping.load_state_dict(dict(state["early_stopping"]))
+        self.history = [dict(h) for h in state["history"]]
+        self._best = None if state["best"] is None else {k: v.clone() for k, v in state["best"].items()}
+        self._layouts = {k: (layout, self.public_context) for k, layout in state["layouts"].items()}
+        self._val_labels = {k: v.clone() for k, v in state["val_labels"].items()}

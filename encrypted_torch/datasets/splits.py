@@ -34,7 +34,8 @@ class FeatureSplits:
                 raise ValueError(f"{self.name}.{part} labels must be int64 ({x.shape[0]},), got "
                                  f"{y.dtype} {tuple(y.shape)}")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
-                raise ValueError(f"{self.name}.{part} labels fall outside 0..{len(self.classes) - 1}")
+                top = len(self.classes) - 1
+                raise ValueError(f"{self.name}.{part} labels fall outside 0..{top}")
             dims.add(x.shape[1])
         if len(dims) != 1:
             raise ValueError(f"{self.name}: train/val/test feature widths differ: {sorted(dims)}")

@@ -6,6 +6,7 @@ it. Values never appear in its repr, and it refuses bool()/float().
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ class EncTensor:
     >>> x = encrypt(torch.randn(4, 3), secret_ctx)     # doctest: +SKIP
     >>> secret_ctx.decrypt((x + 1) * 2)                 # doctest: +SKIP
     """
+
+    __array_ufunc__ = None  # numpy operands on the left defer to our reflected ops (ndarray + x)
 
     def __init__(self, blocks: list[list[Cipher]], layout: BlockLayout, ctx: PublicContext,
                  requires_grad: bool = False) -> None:
@@ -133,8 +136,8 @@ class EncTensor:
 
     def __truediv__(self, other: Any) -> EncTensor:
         if isinstance(other, EncTensor):
-            raise TypeError("division by an EncTensor needs an inverse approximation; "
-                            "use encrypted_torch.functional.reciprocal")
+            raise TypeError("division by an EncTensor needs an approximate inverse "
+                            "(see encrypted_torch.approx); divide by plain numbers only")
         return ops.Mul.apply(self, 1.0 / other)
 
     def sum(self, dim: int | None = None) -> EncTensor:
@@ -148,6 +151,20 @@ class EncTensor:
     def mean(self, dim: int | None = None) -> EncTensor:
         n = self.shape.numel() if dim is None else self.shape[dim if dim >= 0 else dim + 2]
         return self.sum(dim) * (1.0 / n)
+
+    # --- matrix products (encrypted_torch.linalg: DiagABT / DiagATB) ------------------------------
+    @property
+    def T(self) -> Any:  # noqa: N802 (torch's name)
+        """Lazy transpose, an operand of ``@``: ``x @ w.T`` (DiagABT), ``g.T @ x`` (DiagATB)."""
+        from ..linalg.transpose import Transposed
+
+        return Transposed(self)
+
+    def __matmul__(self, other: Any) -> Any:
+        """``x @ w.T`` (w encrypted, vertical) or ``x @ m`` (m a plaintext features × classes matrix)."""
+        from ..linalg.functions import matmul
+
+        return matmul(self, other)
 
     # --- autograd ----------------------------------------------------------------------------------
     def requires_grad_(self, flag: bool = True) -> EncTensor:
@@ -206,10 +223,13 @@ class EncTensor:
         (meta_raw,) = serialize.require(sections, "meta")
         meta = serialize.loads_json(meta_raw)
         try:
-            layout = BlockLayout(tuple(meta["shape"]), tuple(meta["unit"]), str(meta["tiling"]))
+            shape, unit = tuple(meta["shape"]), tuple(meta["unit"])
+            if not all(type(v) is int for v in shape + unit):
+                raise TypeError(f"shape {shape} and unit {unit} must be integers")
+            layout = BlockLayout(shape, unit, str(meta["tiling"]))
             info = [(int(lv), float(sc), int(sz)) for lv, sc, sz in meta["blocks"]]
             fingerprint = str(meta["context"])
-        except (KeyError, TypeError, ValueError, ShapeError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError, ShapeError) as err:
             raise SerializationError(f"malformed EncTensor metadata: {err}") from err
         if fingerprint != ctx.fingerprint:
             raise ContextMismatchError("these bytes were encrypted under another key than ctx's")
@@ -218,10 +238,17 @@ class EncTensor:
             raise SerializationError("block count or unit shape does not match the layout/context")
         flat = []
         for k, (lv, sc, sz) in enumerate(info):
-            if not 0 <= lv <= ctx.top_level or sz not in (2, 3) or not sc > 0:
+            if not 0 <= lv <= ctx.top_level or sz not in (2, 3) or not 0 < sc < math.inf:
                 raise SerializationError(f"block {k}: invalid level/scale/size {lv, sc, sz}")
             (raw,) = serialize.require(sections, f"b{k}")
-            flat.append(Cipher(ctx.backend.handle_from_bytes(raw), lv, sc, ctx.fingerprint, sz))
+            handle = ctx.backend.handle_from_bytes(raw)
+            level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows; plain slots do not
+            if level_of is not None:
+                found = (level_of(handle), ctx.backend.scale_of(handle), ctx.backend.size_of(handle))
+                if found != (lv, sc, sz):
+                    raise SerializationError(f"block {k}: ciphertext at level/scale/size {found}, "
+                                             f"recorded as {lv, sc, sz}")
+            flat.append(Cipher(handle, lv, sc, ctx.fingerprint, sz))
         return cls([flat[i : i + n_b] for i in range(0, len(flat), n_b)], layout, ctx)
 
 

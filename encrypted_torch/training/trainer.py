@@ -6,10 +6,11 @@ section (matmul, softmax, optimizer, refresh) and its operations and refreshes a
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -55,6 +56,26 @@ class FitResult:
     def refreshes_per_step(self) -> float:
         return sum(s.ops["refreshes"] for s in self.steps) / max(1, len(self.steps))
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FitResult:
+        return cls([StepRecord(**s) for s in d["steps"]], list(d["epochs"]), int(d["stopped_epoch"]),
+                   int(d["epochs_run"]))
+
+
+class TrainerCallback(Protocol):
+    """Hooks the Trainer calls (checkpointing, progress, cancellation); both are optional.
+
+    ``on_step_end`` runs after a step's update, ``on_epoch_end`` after the key owner's verdict
+    has been applied; at both points ``trainer.state_dict()`` is a consistent resume point.
+    """
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None: ...
+
 
 class _TimedRefresher:
     """Charges refresh round trips to the 'refresh' section."""
@@ -68,14 +89,24 @@ class _TimedRefresher:
 
 
 class Trainer:
-    """Encrypted fine-tuning with validation-based early stopping decided by the key owner."""
+    """Encrypted fine-tuning with validation-based early stopping decided by the key owner.
+
+    ``callbacks`` (``TrainerCallback``) see every step and epoch end; ``state_dict()`` /
+    ``load_state_dict()`` save and restore a resume point, mid-epoch included (the loader must
+    then offer ``rng_state``/``set_rng_state``, and ``iter_from(k)`` to skip k batches unread).
+    """
 
     def __init__(self, model: Module, optimizer: EncOptimizer, key_owner: KeyOwnerLink,
-                 criterion: Any = None, progress: bool = True) -> None:
+                 criterion: Any = None, progress: bool = True, *,
+                 callbacks: Sequence[TrainerCallback] = ()) -> None:
         self.model, self.optimizer, self.key_owner = model, optimizer, key_owner
         self.criterion = criterion or CrossEntropyLoss()
         self.progress = progress
         self.refresher = _TimedRefresher(key_owner)
+        self.callbacks = list(callbacks)
+        self.result = FitResult()
+        self._epoch, self._step, self._epoch_rng = 0, 0, None
+        self._resume: dict[str, Any] | None = None
 
     def train_step(self, x: EncTensor, y: EncTensor, epoch: int = 0, step: int = 0) -> StepRecord:
         """One step: forward (DiagABT), fused softmax-CE, backward (DiagATB), optimizer update."""
@@ -110,16 +141,34 @@ class Trainer:
 
     def fit(self, train: EncDataset | Iterable[EncBatch], val: EncDataset, epochs: int,
             start_epoch: int = 0, result: FitResult | None = None) -> FitResult:
-        """Train up to ``epochs`` epochs; stop when the key owner says so; load the best weights."""
+        """Train up to ``epochs`` epochs; stop when the key owner says so; load the best weights.
+
+        After ``load_state_dict`` it continues from the saved position instead of ``start_epoch``.
+        """
         loader = DataLoader(train, shuffle=True) if isinstance(train, EncDataset) else train
-        result = result or FitResult()
+        resume, self._resume = self._resume, None
+        skip = 0
+        if resume is not None:
+            start_epoch, skip, result = resume["epoch"], resume["step"], resume["result"]
+            if resume["loader_rng"] is not None:
+                loader.set_rng_state(_as_tuples(resume["loader_rng"]))
+        result = self.result = result or FitResult()
         for epoch in range(start_epoch, epochs):
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not self.progress, leave=False)
-            for step, batch in enumerate(bar):
+            if result.stopped_epoch >= 0:
+                break
+            self._epoch, self._step = epoch, skip
+            self._epoch_rng = _rng_state(loader)
+            total = max(0, len(loader) - skip) if hasattr(loader, "__len__") else None
+            bar = tqdm(_iter_from(loader, skip), total=total, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not self.progress, leave=False)
+            for step, batch in enumerate(bar, start=skip):
                 rec = self.train_step(batch.x, batch.y, epoch, step)
                 result.steps.append(rec)
+                self._step = step + 1
                 bar.set_postfix(step_s=f"{rec.seconds:.2f}", level=rec.weight_level,
                                 refreshes=rec.ops["refreshes"])
+                self._notify("on_step_end", epoch, step)
+            skip = 0
             with count_ops() as ops:
                 logits = self.validation_logits(val)
                 verdict = self.key_owner.end_epoch(epoch, val.name, logits, self._state_to_refresh())
@@ -129,10 +178,55 @@ class Trainer:
             result.epochs_run = epoch + 1
             if verdict.stop:
                 result.stopped_epoch = epoch
+            self._epoch, self._step = epoch + 1, 0
+            self._epoch_rng = _rng_state(loader)  # the next epoch's shuffle starts from here
+            self._notify("on_epoch_end", epoch)
+            if verdict.stop:
                 break
         self.model.load_state_dict({k[6:]: v for k, v in self.key_owner.best_state().items()
                                     if k.startswith("model.")})
         return result
+
+    # --- resume points ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue ``fit`` from here: encrypted weights and optimizer state,
+        epoch and step, the loader's RNG state at the epoch's start, and the records so far."""
+        return {"epoch": self._epoch, "step": self._step, "loader_rng": self._epoch_rng,
+                "model": dict(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
+                "result": self.result.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore weights and optimizer state now; the next ``fit`` resumes at the saved position."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        result = state["result"]
+        self._resume = {"epoch": int(state["epoch"]), "step": int(state["step"]),
+                        "loader_rng": state["loader_rng"],
+                        "result": result if isinstance(result, FitResult) else FitResult.from_dict(result)}
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self, *args)
+
+
+def _rng_state(loader: Any) -> Any:
+    get = getattr(loader, "rng_state", None)
+    return get() if get is not None else None
+
+
+def _iter_from(loader: Any, skip: int) -> Iterator[EncBatch]:
+    if skip == 0:
+        return iter(loader)
+    if hasattr(loader, "iter_from"):
+        return loader.iter_from(skip)
+    return itertools.islice(iter(loader), skip, None)
+
+
+def _as_tuples(obj: Any) -> Any:
+    """A JSON round trip turns random.getstate()'s tuples into lists; setstate wants tuples."""
+    return tuple(_as_tuples(v) for v in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def fit(model: Module, optimizer: EncOptimizer, train: EncDataset | Iterable[EncBatch], val: EncDataset,

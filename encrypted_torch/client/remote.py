@@ -1,0 +1,318 @@
+"""The key owner's side of a remote training session: upload, answer the server, download.
+
+>>> session = RemoteSession("ws://127.0.0.1:8765", token, key_owner)        # doctest: +SKIP
+>>> session.connect(); session.upload(train_dir, val_dir)                    # doctest: +SKIP
+>>> summary = session.train(job, {"weight_bias": w0}); model = session.fetch_model()   # doctest: +SKIP
+
+The server asks for refreshes and epoch verdicts; this class answers them through the
+``KeyOwner`` (which holds the SecretContext; nothing secret is ever sent). If the connection
+drops, it reconnects with the session id and the server continues from its last checkpoint.
+The server may then replay an epoch end it had already asked about: the key owner's state is
+rolled back to what it was before that epoch was first judged, so it is judged exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect
+
+from ..ckks import serialize
+from ..data.dataset import EncDataset
+from ..errors import EncTorchError, SerializationError
+from ..protocol import auth
+from ..protocol.channel import DEFAULT_MAX_MESSAGE_BYTES, Channel, client_handshake
+from ..protocol.ciphers import decode_ciphers, decode_tensor_list, decode_tensors, encode_ciphers, encode_tensors
+from ..protocol.errors import ConnectionLostError, ProtocolError
+from ..protocol.messages import (
+    Ack,
+    BestStateReply,
+    BestStateRequest,
+    Bye,
+    DatasetBegin,
+    DatasetEnd,
+    EpochEndRequest,
+    EpochVerdictReply,
+    FetchModel,
+    FileBegin,
+    FileChunk,
+    FileEnd,
+    ModelState,
+    Progress,
+    RefreshReply,
+    RefreshRequest,
+    ResumeTraining,
+    StartTraining,
+    TrainingDone,
+)
+from ..storage.atomic import atomic_write_bytes, sha256_file
+from ..storage.dataset import read_manifest, write_dataset
+from ..storage.errors import StorageError
+from ..tensor.enctensor import EncTensor
+from ..tensor.layout import BlockLayout
+from .key_owner import KeyOwner
+
+
+@dataclass
+class RetryPolicy:
+    """How long to keep reconnecting after the connection drops (bounded in count and time)."""
+
+    attempts: int = 60
+    first_delay: float = 0.2
+    max_delay: float = 3.0
+    deadline: float = 300.0
+
+
+class RemoteSession:
+    """One training session on a ``python -m encrypted_torch.server``, driven from the key owner's side."""
+
+    def __init__(self, url: str, token: str | bytes, key_owner: KeyOwner, *, session_id: str | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 600.0,
+                 retry: RetryPolicy | None = None, state_path: str | Path | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.url, self.token, self.key_owner = url, auth.check_token(token), key_owner
+        self.session_id = session_id
+        self.max_message_bytes, self.timeout = max_message_bytes, timeout
+        self.retry = retry or RetryPolicy()
+        self.state_path = Path(state_path) if state_path else None
+        self.on_progress = on_progress
+        self.status: dict[str, Any] = {}
+        self.reconnects = 0
+        self.refreshed_ciphers = 0
+        self._channel: Channel | None = None
+        self._chunk = 1 << 20
+        self._snapshots: dict[int, dict[str, Any]] = {}
+        if self.state_path is not None and self.state_path.exists():
+            self._load_state()
+
+    @property
+    def ctx(self) -> Any:
+        return self.key_owner.public_context
+
+    # --- connection -------------------------------------------------------------------------------------
+    def connect(self) -> dict[str, Any]:
+        """Open (or resume) the session; returns what the server already holds."""
+        stack = contextlib.ExitStack()  # connect() is a context manager in every websockets version we accept
+        ws = stack.enter_context(connect(self.url, max_size=self.max_message_bytes + auth.HEADER_BYTES,
+                                         compression=None, max_queue=4, open_timeout=30, ping_interval=20,
+                                         ping_timeout=120))
+        try:
+            fingerprint = self.ctx.fingerprint if self.session_id else ""
+            channel, welcome, hello = client_handshake(ws, self.token, self.session_id or "", fingerprint,
+                                                       self.max_message_bytes, timeout=60)
+        except BaseException:
+            stack.close()
+            raise
+        self._channel, self.status, self._chunk = channel, welcome.status, hello.chunk_bytes
+        self.session_id = welcome.session_id
+        self._save_state()
+        return self.status
+
+    def close(self) -> None:
+        if self._channel is not None:
+            try:
+                self._channel.send(Bye())
+            except EncTorchError:
+                pass
+            self._channel.close()
+            self._channel = None
+
+    def _reconnect(self, cause: BaseException) -> None:
+        start, delay = time.monotonic(), self.retry.first_delay
+        for _ in range(self.retry.attempts):
+            if time.monotonic() - start > self.retry.deadline:
+                break
+            time.sleep(delay)
+            delay = min(2 * delay, self.retry.max_delay)
+            try:
+                self.connect()
+                self.reconnects += 1
+                return
+            except (ConnectionLostError, OSError, TimeoutError, WebSocketException):
+                continue
+        raise ConnectionLostError(f"could not reconnect to {self.url} within {self.retry.deadline} s "
+                                  f"after: {cause}") from cause
+
+    def _with_reconnect(self, fn: Callable[[], Any]) -> Any:
+        while True:
+            try:
+                if self._channel is None:
+                    self.connect()
+                return fn()
+            except ConnectionLostError as err:
+                if self._channel is not None:
+                    self._channel.close()
+                self._channel = None
+                self._reconnect(err)
+
+    @property
+    def channel(self) -> Channel:
+        if self._channel is None:
+            raise ConnectionLostError("not connected; call connect()")
+        return self._channel
+
+    # --- uploads ----------------------------------------------------------------------------------------------
+    def upload(self, train: EncDataset | str | Path, val: EncDataset | str | Path) -> None:
+        """Send the public context and both datasets (skipping what the server already holds)."""
+        with tempfile.TemporaryDirectory(prefix="et-upload-") as tmp:
+            dirs = {role: _as_directory(ds, Path(tmp) / role) for role, ds in (("train", train), ("val", val))}
+            self._with_reconnect(lambda: self._upload_all(dirs))
+
+    def _upload_all(self, dirs: dict[str, Path]) -> None:
+        have = self.status.get("have", {})
+        if not have.get("public_context"):
+            self._send_file("public_context", self.key_owner.secret.public_bytes())
+        for role, directory in dirs.items():
+            if have.get(role):
+                continue
+            manifest = read_manifest(directory)
+            self.channel.send(DatasetBegin(role, manifest.to_json()))
+            self.channel.expect(Ack, self.timeout)
+            for entry in manifest.files():
+                self._send_file(f"dataset/{role}/{entry.file}", directory / entry.file)
+            self.channel.send(DatasetEnd(role))
+            self.channel.expect(Ack, self.timeout)
+
+    def _send_file(self, target: str, source: bytes | Path) -> None:
+        if isinstance(source, Path):
+            digest, size = sha256_file(source)
+            stream: Any = open(source, "rb")  # closed by the with below
+        else:
+            digest, size, stream = hashlib.sha256(source).hexdigest(), len(source), io.BytesIO(source)
+        with stream:
+            self.channel.send(FileBegin(target, size, digest))
+            offset = 0
+            while chunk := stream.read(self._chunk):
+                self.channel.send(FileChunk(offset, chunk))
+                offset += len(chunk)
+        self.channel.send(FileEnd(target))
+        self.channel.expect(Ack, self.timeout)
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def train(self, job: dict[str, Any], init_model: dict[str, EncTensor]) -> dict[str, Any]:
+        """Start (or resume) training and answer the server until it is done; returns its summary."""
+        model = encode_tensors(init_model)
+
+        def run() -> dict[str, Any]:
+            if self.status.get("stage") == "upload":
+                self.channel.send(StartTraining(job, model))
+            else:
+                self.channel.send(ResumeTraining())
+            return self._answer_until_done()
+
+        return self._with_reconnect(run)
+
+    def _answer_until_done(self) -> dict[str, Any]:
+        ch = self.channel
+        while True:
+            msg = ch.recv(self.timeout)
+            if isinstance(msg, RefreshRequest):
+                ciphers = decode_ciphers(msg.ciphers, self.ctx)
+                fresh = self.key_owner.refresh(ciphers)
+                self.refreshed_ciphers += len(fresh)
+                ch.send(RefreshReply(msg.request_id, encode_ciphers(self.ctx, fresh)))
+            elif isinstance(msg, EpochEndRequest):
+                ch.send(self._judge(msg))
+            elif isinstance(msg, BestStateRequest):
+                ch.send(BestStateReply(msg.request_id, encode_tensors(self.key_owner.best_state())))
+            elif isinstance(msg, Progress):
+                if self.on_progress is not None:
+                    self.on_progress(msg)
+            elif isinstance(msg, TrainingDone):
+                self.status["stage"] = "done"
+                return msg.summary
+            else:
+                raise ProtocolError(f"unexpected {msg.TYPE} during training")
+
+    def _judge(self, req: EpochEndRequest) -> EpochVerdictReply:
+        logits = decode_tensor_list(req.val_logits, self.ctx)
+        state = decode_tensors(req.state, self.ctx)
+        if req.epoch in self._snapshots:  # the server resumed before this epoch end: judge it afresh
+            self.key_owner.load_state_dict(self._snapshots[req.epoch])
+        self._snapshots = {e: s for e, s in self._snapshots.items() if e < req.epoch}
+        self._snapshots[req.epoch] = self.key_owner.state_dict()
+        verdict = self.key_owner.end_epoch(req.epoch, req.dataset, logits, state)
+        self._save_state()
+        return EpochVerdictReply(req.request_id, verdict.stop, encode_tensors(verdict.refreshed))
+
+    def fetch_model(self) -> dict[str, EncTensor]:
+        """The trained model, still encrypted (decrypt with the key owner's SecretContext)."""
+        def run() -> dict[str, EncTensor]:
+            self.channel.send(FetchModel())
+            return decode_tensors(self.channel.expect(ModelState, self.timeout).state, self.ctx)
+
+        return self._with_reconnect(run)
+
+    # --- the client's own state (so a restarted client process can resume too) --------------------------------
+    def _save_state(self) -> None:
+        if self.state_path is None:
+            return
+        sections: dict[str, bytes] = {}
+        meta = {"session_id": self.session_id, "url": self.url,
+                "snapshots": {str(e): _flatten_owner(s, f"s{e}.", sections) for e, s in self._snapshots.items()},
+                "current": _flatten_owner(self.key_owner.state_dict(), "cur.", sections)}
+        atomic_write_bytes(self.state_path, serialize.pack("client_state", {"meta": serialize.dumps_json(meta),
+                                                                             **sections}), mode=0o600)
+
+    def _load_state(self) -> None:
+        assert self.state_path is not None
+        try:
+            sections = serialize.unpack(self.state_path.read_bytes(), "client_state")
+            meta = serialize.loads_json(serialize.require(sections, "meta")[0])
+            self.session_id = self.session_id or meta["session_id"]
+            self._snapshots = {int(e): _restore_owner(s, sections) for e, s in meta["snapshots"].items()}
+            self.key_owner.load_state_dict(_restore_owner(meta["current"], sections))
+        except (SerializationError, KeyError, TypeError, ValueError) as err:
+            raise StorageError(self.state_path, f"cannot restore the client's session state: {err!r}") from None
+
+
+def _as_directory(ds: EncDataset | str | Path, tmp: Path) -> Path:
+    if isinstance(ds, (str, Path)):
+        return Path(ds)
+    write_dataset(ds, tmp)
+    return tmp
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, t.detach().cpu().numpy(), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _flatten_owner(state: dict[str, Any], prefix: str, sections: dict[str, bytes]) -> dict[str, Any]:
+    def put(name: str, t: torch.Tensor) -> str:
+        sections[prefix + name] = _tensor_bytes(t)
+        return prefix + name
+
+    best = state["best"]
+    return {"early_stopping": state["early_stopping"], "history": state["history"],
+            "best": None if best is None else {k: put(f"best.{k}", v) for k, v in best.items()},
+            "layouts": {k: [list(v.shape), list(v.unit), v.tiling] for k, v in state["layouts"].items()},
+            "val_labels": {k: put(f"labels.{k}", v) for k, v in state["val_labels"].items()}}
+
+
+def _restore_owner(meta: dict[str, Any], sections: dict[str, bytes]) -> dict[str, Any]:
+    def get(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(io.BytesIO(sections[name]), allow_pickle=False))
+
+    best = meta["best"]
+    return {"early_stopping": meta["early_stopping"], "history": meta["history"],
+            "best": None if best is None else {k: get(v) for k, v in best.items()},
+            "layouts": {k: BlockLayout(tuple(s), tuple(u), t) for k, (s, u, t) in meta["layouts"].items()},
+            "val_labels": {k: get(v) for k, v in meta["val_labels"].items()}}
+
+
+def token_from_env_or_file(path: str | Path | None) -> bytes:
+    """The shared token (``--token-file`` or $ENCRYPTED_TORCH_TOKEN)."""
+    return auth.read_token(path)

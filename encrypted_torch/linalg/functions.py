@@ -1,0 +1,107 @@
+"""The matrix products as autograd Functions, and the dispatch behind ``EncTensor.__matmul__``.
+
+For y = x @ w.T (a linear layer): grad_w = gᵀ·x is DiagATB, whose vertical result is w's own
+layout, so the optimizer adds it with no repacking. HETAL never needs grad_x (the features are
+constants), so that rule is left out and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..autograd.function import Function, FunctionCtx
+from ..errors import ShapeError
+from ._common import is_enc
+from .diag_abt import DEPTH as ABT_DEPTH
+from .diag_abt import diag_abt, diag_abt_plain
+from .diag_atb import DEPTH as ATB_DEPTH
+from .diag_atb import diag_atb, diag_atb_plain
+from .transpose import Transposed
+
+
+def _plain(m: Any) -> np.ndarray:
+    if isinstance(m, torch.Tensor):
+        return m.detach().to(torch.float64).cpu().numpy()
+    return np.asarray(m, dtype=np.float64)
+
+
+class MatMulABT(Function):
+    """y = out_scale · x @ w.T by DiagABT: x grid, w vertical (or a plaintext c × f matrix); result
+    horizontal. 3 levels on x, 3-4 on w (``diag_abt.levels_needed``)."""
+
+    LEVELS = ABT_DEPTH
+    SECTION = "matmul"
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Any, w: Any, out_scale: float = 1.0) -> Any:
+        ctx.save_for_backward(x, w, out_scale)
+        if is_enc(w):
+            return diag_abt(x, w, out_scale=out_scale)
+        return diag_abt_plain(x, w, out_scale=out_scale)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Any) -> tuple[Any, Any, None]:
+        x, w, out_scale = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            raise NotImplementedError(
+                "the gradient of x in x @ w.T (grad @ w) is not implemented: HETAL's features are "
+                "constants. Encrypt x with requires_grad=False.")
+        grad_w = diag_atb(grad, x, out_scale=out_scale) if ctx.needs_input_grad[1] else None
+        return None, grad_w, None
+
+
+class MatMulATB(Function):
+    """c = out_scale · g.T @ x by DiagATB: g horizontal, x grid (or a plaintext batch × f matrix);
+    result vertical (the weights' layout). 3-4 levels on g, 2-3 on x (``diag_atb.levels_needed``)."""
+
+    LEVELS = max(max(d) for d in ATB_DEPTH.values())
+    SECTION = "matmul"
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, g: Any, x: Any, out_scale: float = 1.0) -> Any:
+        ctx.save_for_backward(g, x, out_scale)
+        if is_enc(x):
+            return diag_atb(g, x, out_scale=out_scale)
+        return diag_atb_plain(g, x, out_scale=out_scale)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Any) -> tuple[Any, Any, None]:
+        g, x, out_scale = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            raise NotImplementedError(
+                "the gradient of x in g.T @ x (g @ grad) is not implemented: HETAL's features are "
+                "constants. Encrypt x with requires_grad=False.")
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        # d(gᵀx)/dg = x·gradᵀ: DiagABT, whose horizontal result is g's own layout.
+        if is_enc(x):
+            return diag_abt(x, grad, out_scale=out_scale), None, None
+        raise NotImplementedError("the gradient of g in g.T @ plaintext needs plaintext @ EncTensor.T")
+
+
+def matmul(left: Any, right: Any) -> Any:
+    """``left @ right`` for EncTensors and their ``.T`` views, torch-style.
+
+    ``x @ w.T`` (w encrypted, vertical) and ``x @ m`` (m a plaintext features × classes matrix) run
+    DiagABT; ``g.T @ x`` (x encrypted or plaintext) runs DiagATB; ``x.T @ g`` returns ``(g.T @ x).T``.
+    """
+    if isinstance(left, Transposed):
+        base = left.base
+        if base.layout.tiling == "horizontal":
+            return MatMulATB.apply(base, right if is_enc(right) else _plain(right))
+        if base.layout.tiling == "grid" and is_enc(right) and right.layout.tiling == "horizontal":
+            return Transposed(MatMulATB.apply(right, base))
+        raise ShapeError(f"{tuple(left.shape)} @ {tuple(right.shape)}: a transposed left operand must be "
+                         "a horizontally tiled (batch × classes) EncTensor, as in g.T @ x")
+    if isinstance(right, Transposed):
+        return MatMulABT.apply(left, right.base)
+    if is_enc(right):
+        raise ShapeError(f"{tuple(left.shape)} @ {tuple(right.shape)}: write x @ w.T with w "
+                         "(classes × features) encrypted in the vertical tiling")
+    m = _plain(right)
+    if m.ndim != 2:
+        raise ShapeError(f"{tuple(left.shape)} @ a {m.ndim}-D operand: only matrices")
+    return MatMulABT.apply(left, m.T)

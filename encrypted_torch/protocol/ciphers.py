@@ -1,0 +1,94 @@
+"""Bytes for what travels inside messages: bare ciphertext lists (refreshes) and named EncTensors.
+
+Decoding needs the receiver's context, and checks what the receiver relies on: the key's
+fingerprint, each ciphertext's recorded level/scale/size against what SEAL reports, counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..ckks import serialize
+from ..ckks.evaluator import Cipher
+from ..errors import ContextMismatchError
+from ..storage.jsonio import loads_strict
+from ..tensor.enctensor import EncTensor
+from .errors import ProtocolError
+
+KIND = "cipher_list"
+
+
+def encode_ciphers(ctx: Any, ciphers: Sequence[Cipher]) -> bytes:
+    """Frame ciphertexts with their levels and scales under ``ctx``'s fingerprint."""
+    meta = {"context": ctx.fingerprint, "ciphers": [[c.level, c.scale, c.size] for c in ciphers]}
+    sections = {"meta": serialize.dumps_json(meta)}
+    for i, c in enumerate(ciphers):
+        if c.context_id != ctx.fingerprint:
+            raise ContextMismatchError("a ciphertext to send was encrypted under another key")
+        sections[f"c{i}"] = ctx.backend.handle_to_bytes(c.handle)
+    return serialize.pack(KIND, sections)
+
+
+def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[Cipher]:
+    """Inverse of ``encode_ciphers``; ``expected``: the count the receiver asked for."""
+    sections = serialize.unpack(data, KIND)
+    (meta_raw,) = serialize.require(sections, "meta")
+    meta = loads_strict(meta_raw, "cipher list metadata")
+    if not isinstance(meta, dict) or set(meta) != {"context", "ciphers"} or not isinstance(meta["ciphers"], list):
+        raise ProtocolError("malformed cipher list metadata")
+    if meta["context"] != ctx.fingerprint:
+        raise ContextMismatchError("ciphertexts encrypted under another key than this session's")
+    info = meta["ciphers"]
+    if expected is not None and len(info) != expected:
+        raise ProtocolError(f"{len(info)} ciphertexts where {expected} were asked for")
+    if len(sections) != len(info) + 1:
+        raise ProtocolError("cipher list section count does not match its metadata")
+    out = []
+    level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows a ciphertext's level; plain slots do not
+    for i, item in enumerate(info):
+        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[2]) is not int
+                or type(item[1]) not in (int, float)):
+            raise ProtocolError(f"ciphertext {i}: metadata must be [level, scale, size]")
+        level, scale, size = item[0], float(item[1]), item[2]
+        if not 0 <= level <= ctx.top_level or size not in (2, 3) or not 0 < scale < math.inf:
+            raise ProtocolError(f"ciphertext {i}: invalid level/scale/size {level, scale, size}")
+        (raw,) = serialize.require(sections, f"c{i}")
+        handle = ctx.backend.handle_from_bytes(raw)
+        if level_of is not None:
+            found = (level_of(handle), ctx.backend.scale_of(handle), ctx.backend.size_of(handle))
+            if found != (level, scale, size):
+                raise ProtocolError(f"ciphertext {i}: level/scale/size {found}, recorded as {level, scale, size}")
+        out.append(Cipher(handle, level, scale, ctx.fingerprint, size))
+    return out
+
+
+def encode_tensors(tensors: dict[str, EncTensor]) -> dict[str, bytes]:
+    """EncTensor bytes by name (a message's ``dict[str, bytes]`` field)."""
+    return {k: v.to_bytes() for k, v in tensors.items()}
+
+
+def decode_tensors(raw: dict[str, bytes], ctx: Any, like: dict[str, EncTensor] | None = None) -> dict[str, EncTensor]:
+    """EncTensors by name; with ``like``, names and layouts must match it (a reply to what was sent)."""
+    out = {k: EncTensor.from_bytes(v, ctx) for k, v in raw.items()}
+    if like is not None:
+        if set(out) != set(like):
+            raise ProtocolError(f"tensors {sorted(out)} in reply to {sorted(like)}")
+        for k, t in out.items():
+            if t.layout != like[k].layout:
+                raise ProtocolError(f"tensor {k!r} came back as {t.layout}, sent as {like[k].layout}")
+    return out
+
+
+def decode_tensor_list(raw: list[bytes], ctx: Any) -> list[EncTensor]:
+    """EncTensors from a message's ``list[bytes]`` field, under ``ctx``."""
+    return [EncTensor.from_bytes(v, ctx) for v in raw]
+
+
+def check_fresh(ciphers: Sequence[Cipher], top_level: int) -> None:
+    """A refresh reply must be at the top level (anything lower is a wrong or replayed answer)."""
+    low = [i for i, c in enumerate(ciphers) if c.level != top_level]
+    if low:
+        raise ProtocolError(f"refreshed ciphertexts {low[:5]} are not at the top level {top_level}")
+

@@ -1,0 +1,58 @@
+"""``python -m encrypted_torch.server --port 8765 --workdir DIR [--resume]``: serve training sessions.
+
+The shared token comes from ``--token-file`` or the ENCRYPTED_TORCH_TOKEN environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from ..errors import EncTorchError
+from ..protocol.auth import read_token
+from .app import ServerConfig, TrainingServer
+from .job import Builder
+from .session import Limits
+
+
+def main(argv: list[str] | None = None, builders: dict[str, Builder] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; ``builders`` replaces the job builders (tests, extensions)."""
+    ap = argparse.ArgumentParser(prog="python -m encrypted_torch.server", description=__doc__)
+    ap.add_argument("--port", type=int, required=True, help="TCP port (0: any free port, printed at start)")
+    ap.add_argument("--workdir", type=Path, required=True, help="where sessions, data and checkpoints live")
+    ap.add_argument("--resume", action="store_true", help="continue the sessions found in --workdir")
+    ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    ap.add_argument("--token-file", type=Path, help="file holding the shared token (else $ENCRYPTED_TORCH_TOKEN)")
+    ap.add_argument("--max-message-mb", type=int, default=256, help="largest message accepted")
+    ap.add_argument("--chunk-mb", type=int, default=8, help="upload chunk size announced to clients")
+    ap.add_argument("--reply-timeout", type=float, default=600.0, help="seconds to wait for a client's reply")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = ServerConfig(args.workdir, read_token(args.token_file), host=args.host, port=args.port,
+                              resume=args.resume, max_message_bytes=args.max_message_mb << 20,
+                              chunk_bytes=min(args.chunk_mb, args.max_message_mb // 2 or 1) << 20,
+                              limits=Limits(reply_timeout=args.reply_timeout))
+        server = TrainingServer(config, builders)
+        port = server.start()
+    except (EncTorchError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"encrypted_torch server listening on {args.host}:{port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

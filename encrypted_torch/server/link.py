@@ -1,0 +1,99 @@
+"""The key owner as the server sees it across the network, and the server's trainer callbacks."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from ..ckks import counters
+from ..ckks.evaluator import Cipher
+from ..protocol.channel import Channel
+from ..protocol.ciphers import check_fresh, decode_ciphers, decode_tensors, encode_ciphers, encode_tensors
+from ..protocol.errors import ProtocolError, SessionError
+from ..protocol.messages import (
+    BestStateReply,
+    BestStateRequest,
+    EpochEndRequest,
+    EpochVerdictReply,
+    Message,
+    Progress,
+    RefreshReply,
+    RefreshRequest,
+)
+from ..tensor.enctensor import EncTensor
+from ..training.protocol import EpochVerdict
+
+R = TypeVar("R", bound=Message)
+
+
+class NetworkKeyOwner:
+    """``training.KeyOwnerLink`` over a Channel: each call is one request and its reply.
+
+    Replies are checked before the trainer sees them: request id, key, counts, layouts, and
+    that refreshed ciphertexts are fresh (top level).
+    """
+
+    def __init__(self, channel: Channel, ctx: Any, reply_timeout: float | None = 600.0) -> None:
+        self.channel, self.ctx, self.reply_timeout = channel, ctx, reply_timeout
+        self._ids = itertools.count()
+        self.round_trips = 0
+
+    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
+        rid = next(self._ids)
+        self.channel.send(RefreshRequest(rid, encode_ciphers(self.ctx, ciphers)))
+        reply = self._reply(RefreshReply, rid)
+        fresh = decode_ciphers(reply.ciphers, self.ctx, expected=len(ciphers))
+        check_fresh(fresh, self.ctx.top_level)
+        counters.record("refreshes", len(fresh))  # in one process SecretContext.refresh counts them
+        return fresh
+
+    def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
+                  state: dict[str, EncTensor]) -> EpochVerdict:
+        rid = next(self._ids)
+        self.channel.send(EpochEndRequest(rid, epoch, dataset, [t.to_bytes() for t in val_logits],
+                                          encode_tensors(state)))
+        reply = self._reply(EpochVerdictReply, rid)
+        return EpochVerdict(decode_tensors(reply.refreshed, self.ctx, like=state), reply.stop)
+
+    def best_state(self) -> dict[str, EncTensor]:
+        rid = next(self._ids)
+        self.channel.send(BestStateRequest(rid))
+        return decode_tensors(self._reply(BestStateReply, rid).state, self.ctx)
+
+    def _reply(self, cls: type[R], rid: int) -> R:
+        msg = self.channel.expect(cls, self.reply_timeout)
+        if msg.request_id != rid:  # type: ignore[attr-defined]
+            raise ProtocolError(f"reply to request {msg.request_id} while {rid} is open")  # type: ignore[attr-defined]
+        self.round_trips += 1
+        return msg
+
+
+class ProgressReporter:
+    """Tells the client after every step where training is (no reply expected)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def on_step_end(self, trainer: Any, epoch: int, step: int) -> None:
+        rec = trainer.result.steps[-1]
+        info = {"steps_done": len(trainer.result.steps), "seconds": round(rec.seconds, 4),
+                "refreshes": rec.ops.get("refreshes", 0), "weight_level": rec.weight_level}
+        self.channel.send(Progress(epoch, step, info))
+
+
+class Superseded:
+    """Stops a training run whose session was taken over by a newer connection (a reconnect)."""
+
+    def __init__(self, session: Any, generation: int) -> None:
+        self.session, self.generation = session, generation
+
+    def _check(self) -> None:
+        if self.session.generation != self.generation:
+            raise SessionError("a newer connection took over this session")
+
+    def on_step_end(self, trainer: Any, epoch: int, step: int) -> None:
+        self._check()
+
+    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+        self._check()
