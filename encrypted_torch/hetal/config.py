@@ -11,6 +11,7 @@ class HetalConfig:
 
     dataset: str = "mnist"
     preset: str = "fast"
+    backend: str = "seal"  # "plain": the exact slot backend (tests, op counts)
     batch_size: int = 256
     lr: float = 1.0
     epochs: int = 10

@@ -35,6 +35,8 @@ class RunReport:
     best_epoch: int
     setup_seconds: float
     client_history: list[dict]
+    model: Any = None  # the server's encrypted model, best weights loaded
+    client: Any = None  # the key owner
 
     def summary(self) -> dict[str, Any]:
         bd = self.enc.mean_breakdown()
@@ -110,7 +112,7 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     from ..ckks.params import get_params
 
     unit = unit_shape(cfg.batch_size, c, get_params(cfg.preset).slots)
-    secret = SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c))
+    secret = SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c), backend=cfg.backend)
     client = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
     train = client.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed)
     val = client.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
@@ -137,7 +139,9 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(cfg.seed))
     plain = train_plaintext(cfg, xtr, ytr, xva, yva, c, init_packed, order)
     plain_acc = accuracy(plain.model, xte, yte)
-    return RunReport(cfg, enc_acc, plain_acc, enc, plain, client.best_epoch, setup, client.history)
+    report = RunReport(cfg, enc_acc, plain_acc, enc, plain, client.best_epoch, setup, client.history)
+    report.model, report.client = model, client
+    return report
 
 
 class _Limited:
