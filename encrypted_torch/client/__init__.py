@@ -2,5 +2,6 @@
 
 from .encrypt_data import encrypt_batches, one_hot
 from .key_owner import KeyOwner
+from .remote import RemoteSession
 
-__all__ = ["KeyOwner", "encrypt_batches", "one_hot"]
+__all__ = ["KeyOwner", "RemoteSession", "encrypt_batches", "one_hot"]

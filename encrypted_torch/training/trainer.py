@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..autograd.function import no_grad
 from ..ckks.counters import count_ops
