@@ -20,7 +20,7 @@ import torch
 
 from ..ckks.secret import SecretContext
 from ..errors import EncTorchError
-from ..hetal.config import DATASET_DEFAULTS, HetalConfig, config_for
+from ..hetal.config import HetalConfig, add_config_arguments, config_from_args
 from ..hetal.plaintext import accuracy
 from ..storage.atomic import atomic_write_bytes, atomic_write_json
 from ..storage.checkpoint import encode_checkpoint, load_checkpoint
@@ -51,19 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server", required=True, help="ws://HOST:PORT of python -m encrypted_torch.server")
     ap.add_argument("--workdir", type=Path, required=True, help="keys, encrypted data, session state")
     ap.add_argument("--token-file", type=Path, help="file holding the shared token (else $ENCRYPTED_TORCH_TOKEN)")
-    ap.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default="digits")
-    ap.add_argument("--preset", choices=["test", "fast", "deep"])
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--patience", type=int)
-    ap.add_argument("--optimizer", choices=["nesterov", "nag", "sgd"])
-    ap.add_argument("--n-train", type=int)
-    ap.add_argument("--n-val", type=int)
-    ap.add_argument("--n-test", type=int)
-    ap.add_argument("--max-steps", type=int, help="batches per epoch at most")
-    ap.add_argument("--data-dir", help="SNIPS directory (train.txt, dev.txt, test.txt)")
-    ap.add_argument("--seed", type=int)
+    add_config_arguments(ap, default_dataset="digits")
     ap.add_argument("--checkpoint-every", type=int, default=1, help="server checkpoint interval in steps")
     ap.add_argument("--out", type=Path, help="save the decrypted model's state_dict here (torch.save)")
     ap.add_argument("--report", type=Path, help="write the run's summary as JSON here")
@@ -87,10 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         owner = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
         print(f"resuming from {workdir}", flush=True)
     else:
-        cfg = config_for(args.dataset, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
-                         epochs=args.epochs, patience=args.patience, optimizer=args.optimizer, n_train=args.n_train,
-                         n_val=args.n_val, n_test=args.n_test, max_steps=args.max_steps, data_dir=args.data_dir,
-                         seed=args.seed)
+        cfg = config_from_args(args)
         prepared = _prepare(cfg, workdir, args.checkpoint_every)
         record, owner, secret = prepared["record"], prepared["owner"], prepared["owner"].secret
         RemoteSession(args.server, token, owner, state_path=state_path)._save_state()  # val labels, before the record

@@ -7,32 +7,17 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DATASET_DEFAULTS, config_for
+from .config import add_config_arguments, config_from_args
 from .pipeline import run
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m encrypted_torch.hetal", description=__doc__)
-    ap.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default="mnist")
-    ap.add_argument("--preset", choices=["test", "fast", "deep"])
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--patience", type=int)
-    ap.add_argument("--optimizer", choices=["nesterov", "nag", "sgd"])
-    ap.add_argument("--n-train", type=int)
-    ap.add_argument("--n-val", type=int)
-    ap.add_argument("--n-test", type=int)
-    ap.add_argument("--max-steps", type=int, help="batches per epoch at most (benchmarks)")
-    ap.add_argument("--data-dir", help="SNIPS directory (train.txt, dev.txt, test.txt)")
-    ap.add_argument("--seed", type=int)
+    add_config_arguments(ap, default_dataset="mnist")
     ap.add_argument("--json", type=Path, help="also write the report as JSON here")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    cfg = config_for(args.dataset, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
-                     epochs=args.epochs, patience=args.patience, optimizer=args.optimizer,
-                     n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, max_steps=args.max_steps,
-                     data_dir=args.data_dir, seed=args.seed)
+    cfg = config_from_args(args)
     print(f"HETAL on {cfg.dataset}: preset={cfg.preset} batch={cfg.batch_size} lr={cfg.lr} "
           f"epochs≤{cfg.epochs} patience={cfg.patience} optimizer={cfg.optimizer}", flush=True)
     report = run(cfg, progress=not args.no_progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 
 
@@ -48,3 +49,29 @@ def config_for(dataset: str, **overrides: object) -> HetalConfig:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASET_DEFAULTS)}")
     values = {**DATASET_DEFAULTS[dataset], **{k: v for k, v in overrides.items() if v is not None}}
     return HetalConfig(dataset=dataset, **values)
+
+
+_RUN_OPTIONS = ("preset", "batch_size", "lr", "epochs", "patience", "optimizer", "n_train", "n_val", "n_test",
+                "max_steps", "data_dir", "seed")
+
+
+def add_config_arguments(ap: argparse.ArgumentParser, default_dataset: str) -> None:
+    """The command-line options that set a HetalConfig (shared by the HETAL and client CLIs)."""
+    ap.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default=default_dataset)
+    ap.add_argument("--preset", choices=["test", "fast", "deep"])
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--patience", type=int)
+    ap.add_argument("--optimizer", choices=["nesterov", "nag", "sgd"])
+    ap.add_argument("--n-train", type=int)
+    ap.add_argument("--n-val", type=int)
+    ap.add_argument("--n-test", type=int)
+    ap.add_argument("--max-steps", type=int, help="batches per epoch at most (benchmarks)")
+    ap.add_argument("--data-dir", help="SNIPS directory (train.txt, dev.txt, test.txt)")
+    ap.add_argument("--seed", type=int)
+
+
+def config_from_args(args: argparse.Namespace) -> HetalConfig:
+    """HetalConfig from options added by ``add_config_arguments`` (unset ones keep the dataset's defaults)."""
+    return config_for(args.dataset, **{name: getattr(args, name) for name in _RUN_OPTIONS})
