@@ -8,17 +8,15 @@ KeyOwner (preset "fast", N=16384, SEAL), ``encrypt_dataset`` of random unit-norm
 ``Trainer(...).train_step(x, y)`` with the key owner's SecretContext as refresher. Prints the wall
 and CPU time of the step (median over ``--repeats`` steps after ``--warmup`` steps), its breakdown
 by section, its op counts, and the **floor** = Σ over (op, level) of count × measured CPU cost of
-that op at that level. The counts are split by level in this script (Evaluator methods wrapped, the
-counter hook patched; nothing in the package changes); the per-op costs are measured in the same
-run, on the same keys, at every level. Writes benchmarks/results/train_step.md.
+that op at that level. The counts come split by operand level from the package's counters (also
+for ops run in worker processes); the per-op costs are measured in the same run, on the same keys,
+at every level. CPU time includes the worker processes'. Writes benchmarks/results/train_step.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import contextvars
-import functools
 import os
 import pickle
 import platform
@@ -34,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from encrypted_torch import parallel
 from encrypted_torch.ckks import counters
-from encrypted_torch.ckks.evaluator import Cipher, Evaluator
+from encrypted_torch.ckks.evaluator import Cipher
 from encrypted_torch.ckks.params import get_params
 from encrypted_torch.ckks.secret import SecretContext
 from encrypted_torch.client.key_owner import KeyOwner
@@ -59,63 +58,29 @@ SHOWN = ["rotations", "conjugations", "ct_ct_mults", "ct_pt_mults", "rescales", 
 HETAL_GPU = "4.29–15.72 s (range over datasets); MNIST (1024, 769, 10) ≈ 9.46 s derived (3442 s / 364 steps)"
 
 # --- op counts split by level ------------------------------------------------------------------------
-_level: contextvars.ContextVar[int | None] = contextvars.ContextVar("train_step_level", default=None)
-_in_refresh: contextvars.ContextVar[bool] = contextvars.ContextVar("train_step_in_refresh", default=False)
-_by_level: contextvars.ContextVar[dict | None] = contextvars.ContextVar("train_step_by_level", default=None)
-
-
-def _levelled(method: Callable, name: str) -> Callable:
-    @functools.wraps(method)
-    def wrapper(self: Evaluator, *args: Any, **kwargs: Any) -> Any:
-        levels = [a.level for a in args if isinstance(a, Cipher)]
-        if name == "encrypt":
-            lvl = kwargs.get("level") if kwargs.get("level") is not None else (
-                args[1] if len(args) > 1 and args[1] is not None else self.top_level)
-        else:
-            lvl = min(levels) if levels else None
-        token = _level.set(lvl)
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            _level.reset(token)
-    return wrapper
-
-
 def _install_level_hooks() -> None:
-    """Wrap the Evaluator's counted methods so every counter bump knows its operand level."""
-    for name in ["encrypt", "mod_switch", "to_level_scale", "align", "add", "sub", "add_plain", "mul_plain",
-                 "mul_raw", "relinearize", "rescale", "rotate", "conjugate"]:
-        setattr(Evaluator, name, _levelled(getattr(Evaluator, name), name))
-    original_record, original_refresh = counters.record, SecretContext.refresh
-
-    def record(name: str, n: int = 1) -> None:
-        original_record(name, n)
-        table = _by_level.get()
-        if table is not None and (not _in_refresh.get() or name == "refreshes"):
-            table[(name, _level.get())] += n
-
-    def refresh(self: SecretContext, ciphers: Any) -> list:
-        ciphers = list(ciphers)
-        token_r = _in_refresh.set(True)
-        token_l = _level.set(min((c.level for c in ciphers), default=None))
-        try:
-            return original_refresh(self, ciphers)
-        finally:
-            _level.reset(token_l)
-            _in_refresh.reset(token_r)
-
-    counters.record = record
-    SecretContext.refresh = refresh
+    """Kept for callers of the old API: the package now splits every count by level itself
+    (``OpCounts.by_level``), also for ops run in worker processes."""
 
 
 @contextlib.contextmanager
 def count_by_level() -> Iterator[dict]:
+    """(op, operand level) → count for the block; a refresh's own re-encryption is charged to the
+    refresh, not to "encryptions"."""
     table: dict = defaultdict(int)
-    token = _by_level.set(table)
-    try:
+    with counters.count_ops() as ops:
         yield table
-    finally:
-        _by_level.reset(token)
+    table.update(ops.by_level)
+    refreshes = ops.refreshes
+    top = max((lvl for (name, lvl) in table if name == "encryptions" and lvl is not None), default=None)
+    if refreshes and top is not None:
+        table[("encryptions", top)] -= refreshes
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 # --- per-op costs at every level ---------------------------------------------------------------------
@@ -205,10 +170,11 @@ def plain_step_ms(batch: int, classes: int, repeats: int = 50) -> tuple[float, f
     return statistics.median(times[3:]), min(times[3:])
 
 
-def bench_shape(batch: int, features: int, classes: int, repeats: int, warmup: int) -> dict[str, Any]:
+def bench_shape(batch: int, features: int, classes: int, repeats: int, warmup: int,
+                unit: tuple[int, int] | None = None) -> dict[str, Any]:
     assert features == 769, "features include the bias column: 768 + 1"
     t0 = time.perf_counter()
-    unit = unit_shape(batch, classes, get_params(PRESET).slots)
+    unit = unit or unit_shape(batch, classes, get_params(PRESET).slots)
     secret = SecretContext.create(PRESET, rotations=rotation_steps(unit, classes), backend="seal")
     client = KeyOwner(secret)
     x, y = random_data(batch, classes)
@@ -222,10 +188,10 @@ def bench_shape(batch: int, features: int, classes: int, repeats: int, warmup: i
     print(f"  setup (keys, encryption) {setup:.1f} s, unit {unit}", flush=True)
     records = []
     for i in range(warmup + repeats):
-        cpu = time.process_time()
+        cpu = cpu_seconds()
         with count_by_level() as by_level:
             rec = trainer.train_step(batch_enc.x, batch_enc.y, 0, i)
-        cpu = time.process_time() - cpu
+        cpu = cpu_seconds() - cpu
         print(f"  step {i}{' (warm-up)' if i < warmup else ''}: {rec.seconds:.1f} s wall, {cpu:.1f} s CPU, "
               f"refreshes {rec.ops['refreshes']}, weight level {rec.weight_level}", flush=True)
         if i >= warmup:
@@ -241,7 +207,8 @@ def bench_shape(batch: int, features: int, classes: int, repeats: int, warmup: i
     for name in COSTED:  # the split adds up to the trainer's own counts (encryptions: less those in refreshes)
         if name != "encryptions":
             assert sum(v for (k, _), v in by_level.items() if k == name) == rec.ops[name], name
-    return {"shape": (batch, features, classes), "unit": unit, "wall": statistics.median(r[0].seconds for r in records),
+    return {"shape": (batch, features, classes), "unit": unit, "workers": parallel.workers(),
+            "wall": statistics.median(r[0].seconds for r in records),
             "cpu": statistics.median(r[1] for r in records), "rec": rec, "by_level": by_level, "floor": floor / 1e3,
             "floor_parts": {k: v / 1e3 for k, v in parts.items()}, "costs": costs, "top": top,
             "plain_ms": plain_step_ms(batch, classes), "repeats": len(records), "setup": setup}
@@ -266,20 +233,21 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, skippe
         "run on the same keys (3 runs per op and level; ct·pt mults with a cached mask; a refresh = decrypt at its "
         "level + public-key encrypt at the top). Counts are split by operand level in this script.",
         "",
-        "| shape (b, d+1, c) | unit | ours wall s | ours CPU s | floor s | wall/floor | CPU/floor "
+        "| shape (b, d+1, c) | unit | workers | ours wall s | ours CPU s | floor s | wall/floor | CPU/floor "
         "| plain torch ms (median / min) | ours / torch (min) | HETAL GPU s/step |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         b, d, c = r["shape"]
         hetal = "≈9.46 (MNIST, derived)" if (b, c) == (1024, 10) else "4.29–15.72 (paper range)"
         lines.append(
-            f"| ({b}, {d}, {c}) | {r['unit']} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['floor']:.1f} | "
+            f"| ({b}, {d}, {c}) | {r['unit']} | {r.get('workers', 1)} | {r['wall']:.1f} | {r['cpu']:.1f} | "
+            f"{r['floor']:.1f} | "
             f"{r['wall'] / r['floor']:.2f} | {r['cpu'] / r['floor']:.2f} | "
             f"{r['plain_ms'][0]:.2f} / {r['plain_ms'][1]:.2f} | "
             f"{1e3 * r['wall'] / r['plain_ms'][1]:,.0f}× | {hetal} |")
     for shape, why in skipped:
-        lines.append(f"| {shape} | – | not run: {why} | | | | | | | |")
+        lines.append(f"| {shape} | – | – | not run: {why} | | | | | | | |")
     sections = sorted({k for r in results for k in r["rec"].breakdown})
     lines += ["", "## Breakdown of the step (wall s, by section; other = step − sections)", "",
               "| shape | " + " | ".join(sections) + " | other | total |",
@@ -333,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
                         "the momentum buffers)")
     parser.add_argument("--budget", type=float, default=None, help="skip the remaining shapes after this many s")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--unit", default=None, help="s0,s1 instead of the default unit choice")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the cores)")
     parser.add_argument("--rerender", action="store_true", help="re-render the last run's saved results "
                         "(re-timing only the plain torch step)")
     args = parser.parse_args(argv)
@@ -356,7 +326,9 @@ def main(argv: list[str] | None = None) -> None:
             skipped.append((shape, "time budget"))
             continue
         print(f"{shape}:", flush=True)
-        results.append(bench_shape(*shape, repeats=args.repeats, warmup=args.warmup))
+        unit = tuple(int(v) for v in args.unit.split(",")) if args.unit else None
+        with parallel.use_workers(args.workers or parallel.workers()):
+            results.append(bench_shape(*shape, repeats=args.repeats, warmup=args.warmup, unit=unit))
         results[-1]["seconds"] = time.perf_counter() - t0 - sum(r.get("seconds", 0.0) for r in results[:-1])
         with open(saved, "wb") as f:
             pickle.dump((results, skipped), f)  # to re-render without re-running

@@ -23,12 +23,15 @@ class DepthError(EncTorchError):
     """A ciphertext has fewer levels left than the operation consumes."""
 
     def __init__(self, op: str, needed: int, left: int, hint: str | None = None) -> None:
-        self.op, self.needed, self.left = op, needed, left
+        self.op, self.needed, self.left, self.hint = op, needed, left, hint
         hint = hint or (
             "refresh the operand (with encrypted_torch.refresh_with(secret_ctx)) "
             "or pick a deeper preset"
         )
         super().__init__(f"{op} needs {needed} level(s), {left} left; {hint}")
+
+    def __reduce__(self) -> tuple:  # picklable, so a worker process can hand it back
+        return DepthError, (self.op, self.needed, self.left, self.hint)
 
 
 class DomainError(EncTorchError, ValueError):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -23,15 +24,27 @@ class OpCounts:
     encryptions: int = 0
     scale_alignments: int = 0
     refreshes: int = 0
+    by_level: Counter = field(default_factory=Counter, repr=False, compare=False)
+    """(op name, operand level) → count; the level is None where an op has no operand level."""
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "by_level"}
 
     def __add__(self, other: OpCounts) -> OpCounts:
-        return OpCounts(**{k: v + getattr(other, k) for k, v in self.as_dict().items()})
+        return OpCounts(**{k: v + getattr(other, k) for k, v in self.as_dict().items()},
+                        by_level=self.by_level + other.by_level)
 
     def __sub__(self, other: OpCounts) -> OpCounts:
-        return OpCounts(**{k: v - getattr(other, k) for k, v in self.as_dict().items()})
+        diff = Counter(self.by_level)
+        diff.subtract(other.by_level)
+        return OpCounts(**{k: v - getattr(other, k) for k, v in self.as_dict().items()},
+                        by_level=Counter({k: v for k, v in diff.items() if v}))
+
+    def add_(self, other: OpCounts) -> None:
+        """Add ``other`` in place (counts a worker process ran on this one's behalf)."""
+        for k, v in other.as_dict().items():
+            setattr(self, k, getattr(self, k) + v)
+        self.by_level.update(other.by_level)
 
 
 _active: contextvars.ContextVar[tuple[OpCounts, ...]] = contextvars.ContextVar(
@@ -39,10 +52,16 @@ _active: contextvars.ContextVar[tuple[OpCounts, ...]] = contextvars.ContextVar(
 )
 
 
-def record(name: str, n: int = 1) -> None:
-    """Add ``n`` to counter ``name`` of every active ``count_ops`` block."""
+def record(name: str, n: int = 1, level: int | None = None) -> None:
+    """Add ``n`` to counter ``name`` (and to its ``level`` split) of every active ``count_ops`` block."""
     for counts in _active.get():
         setattr(counts, name, getattr(counts, name) + n)
+        counts.by_level[(name, level)] += n
+
+
+def active() -> tuple[OpCounts, ...]:
+    """The open ``count_ops`` blocks, innermost last."""
+    return _active.get()
 
 
 @contextlib.contextmanager

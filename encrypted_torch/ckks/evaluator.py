@@ -93,7 +93,7 @@ class Evaluator:
         vec = self._vector(values)
         if np.isscalar(vec):
             vec = np.full(self.slots, vec)
-        counters.record("encryptions")
+        counters.record("encryptions", level=level)
         return self._wrap(self.backend.encrypt(vec, level, scale), level, scale, "encrypt")
 
     def zeros_like(self, c: Cipher) -> Cipher:
@@ -108,7 +108,7 @@ class Evaluator:
             raise DepthError("mod_switch", level, c.level, "a ciphertext cannot climb the chain")
         if level == c.level:
             return c
-        counters.record("mod_switches")
+        counters.record("mod_switches", level=c.level)
         return Cipher(self.backend.mod_switch(c.handle, level), level, c.scale, self.context_id, c.size)
 
     def to_level_scale(self, c: Cipher, level: int, scale: float) -> Cipher:
@@ -120,7 +120,7 @@ class Evaluator:
         if c.level <= level:
             raise DepthError("scale alignment", level + 1, c.level,
                              "the operand has no level to spare for a scale fix")
-        counters.record("scale_alignments")
+        counters.record("scale_alignments", level=c.level)
         fixed = self.mul_plain(c, 1.0, out_scale=scale)
         return self.mod_switch(fixed, level)
 
@@ -134,7 +134,7 @@ class Evaluator:
         elif not self._close(a.scale, b.scale):
             # Same level, different scales: both lose one level.
             self._require(a, 1, "add (scale alignment)")
-            counters.record("scale_alignments")
+            counters.record("scale_alignments", level=a.level)
             b = self.mul_plain(b, 1.0, out_scale=a.scale)
             a = self.mod_switch(a, b.level)
         if a.scale != b.scale:
@@ -152,12 +152,12 @@ class Evaluator:
     # --- addition ----------------------------------------------------------------------------
     def add(self, a: Cipher, b: Cipher) -> Cipher:
         a, b = self.align(a, b)
-        counters.record("additions")
+        counters.record("additions", level=a.level)
         return self._wrap(self.backend.add(a.handle, b.handle), a.level, a.scale, "add", max(a.size, b.size))
 
     def sub(self, a: Cipher, b: Cipher) -> Cipher:
         a, b = self.align(a, b)
-        counters.record("additions")
+        counters.record("additions", level=a.level)
         return self._wrap(self.backend.sub(a.handle, b.handle), a.level, a.scale, "sub", max(a.size, b.size))
 
     def negate(self, a: Cipher) -> Cipher:
@@ -172,7 +172,7 @@ class Evaluator:
             vec = np.full(self.slots, vec)
         if not np.any(vec):
             return a
-        counters.record("additions")
+        counters.record("additions", level=a.level)
         return self._wrap(self.backend.add_plain(a.handle, vec, a.level, a.scale), a.level, a.scale,
                           "add_plain", a.size)
 
@@ -201,9 +201,9 @@ class Evaluator:
         if not np.any(vec):
             zero = self.encrypt(np.zeros(self.slots), a.level - 1, wanted)
             return zero
-        counters.record("ct_pt_mults")
+        counters.record("ct_pt_mults", level=a.level)
         prod = self.backend.multiply_plain(a.handle, vec, a.level, pt_scale)
-        counters.record("rescales")
+        counters.record("rescales", level=a.level)
         out = self.backend.rescale(prod)
         scale = self._snap(out, a.scale * pt_scale / q, wanted)
         return self._wrap(out, a.level - 1, scale, "multiply by plaintext")
@@ -220,20 +220,20 @@ class Evaluator:
             a = self.relinearize(a)
         if b.size != 2:
             b = self.relinearize(b)
-        counters.record("ct_ct_mults")
+        counters.record("ct_ct_mults", level=a.level)
         raw = self.backend.square(a.handle) if a is b else self.backend.multiply(a.handle, b.handle)
         return self._wrap(raw, a.level, a.scale * b.scale, "multiply", 3)
 
     def relinearize(self, a: Cipher) -> Cipher:
         if a.size == 2:
             return a
-        counters.record("relinearizations")
+        counters.record("relinearizations", level=a.level)
         return Cipher(self.backend.relinearize(a.handle), a.level, a.scale, self.context_id, 2)
 
     def rescale(self, a: Cipher) -> Cipher:
         """Divide by the last prime of the level; scale(a) / q_level."""
         self._require(a, 1, "rescale")
-        counters.record("rescales")
+        counters.record("rescales", level=a.level)
         q = self.primes[a.level]
         return self._wrap(self.backend.rescale(a.handle), a.level - 1, a.scale / q, "rescale", a.size)
 
@@ -257,7 +257,7 @@ class Evaluator:
         out = a.handle
         path = compose_rotation(step, self.backend.rotation_steps, self.slots)
         for hop in path:
-            counters.record("rotations")
+            counters.record("rotations", level=a.level)
             out = self.backend.rotate(out, hop)
         return Cipher(out, a.level, a.scale, self.context_id) if path else a
 
@@ -265,7 +265,7 @@ class Evaluator:
         self._own(a)
         if a.size != 2:
             a = self.relinearize(a)
-        counters.record("conjugations")
+        counters.record("conjugations", level=a.level)
         return Cipher(self.backend.conjugate(a.handle), a.level, a.scale, self.context_id)
 
     def real_part_times_two(self, a: Cipher) -> Cipher:

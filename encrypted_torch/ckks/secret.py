@@ -108,7 +108,7 @@ class SecretContext:
         for c in ciphers:
             values = self.decrypt_vector(c)
             out.append(ev.encrypt(values if np.any(values.imag) else values.real))
-        counters.record("refreshes", len(out))
+            counters.record("refreshes", level=c.level)
         return out
 
     # --- bytes ---------------------------------------------------------------------------------

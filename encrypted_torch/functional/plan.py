@@ -53,7 +53,8 @@ class _DryRefresher:
         self.ev = ev
 
     def refresh(self, ciphers: Any) -> list[Cipher]:
-        counters.record("refreshes", len(ciphers))
+        for c in ciphers:
+            counters.record("refreshes", level=c.level)
         return [self.ev.encrypt(0.0) for _ in ciphers]
 
 

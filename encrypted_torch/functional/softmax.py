@@ -24,6 +24,7 @@ from ..errors import DomainError, ShapeError
 from ..refresh import ensure_levels
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
+from . import packing
 
 __all__ = ["RefreshPolicy", "SoftmaxConfig", "run_softmax", "softmax", "softmax_ciphers",
            "softmax_rotation_steps"]
@@ -34,6 +35,7 @@ def softmax_rotation_steps(unit: tuple[int, int], c_pad: int) -> list[int]:
     −c_pad (row-sum repair). Pass them to ``SecretContext.create(rotations=...)``."""
     slots = unit[0] * unit[1]
     steps = [s for k in range(c_pad.bit_length() - 1) for s in (1 << k, -(1 << k))] + [-c_pad]
+    steps += packing.packing_steps(unit, c_pad)
     seen: dict[int, int] = {}
     for s in steps:
         if s % slots:
@@ -130,11 +132,13 @@ def _row_sum_factors(ev: Evaluator, e: Cipher, masks: dict[str, np.ndarray], i: 
 
 def softmax_ciphers(ev: Evaluator, xs: Sequence[Cipher], layout: BlockLayout, config: SoftmaxConfig,
                     *, input_scale: float = 1.0, output_scale: float = 1.0,
-                    ensure: Any = ensure_levels, policy: RefreshPolicy = RefreshPolicy()) -> list[Cipher]:
-    """output_scale·softmax of the block rows ``xs`` (holding input_scale·logits) of ``layout``."""
+                    ensure: Any = ensure_levels, policy: RefreshPolicy = RefreshPolicy(),
+                    masks: dict[str, np.ndarray] | None = None) -> list[Cipher]:
+    """output_scale·softmax of the block rows ``xs`` (holding input_scale·logits) of ``layout``;
+    ``masks`` replace the layout's own slot masks (for packed block rows, ``packing.packed_masks``)."""
     c = layout.shape[1]
     c_pad, s1 = layout.c_pad, layout.s1
-    masks = _masks(layout)
+    masks = _masks(layout) if masks is None else masks
     n = len(xs)
     xs = list(xs)
     k = config.normalizer / input_scale
@@ -209,11 +213,18 @@ def run_softmax(logits: EncTensor, config: SoftmaxConfig, *, input_scale: float 
     """output_scale·softmax(logits) with the refresh policy its plan found best (plans are cached)."""
     from .plan import plan_softmax
 
+    ev, layout = logits.ctx.evaluator, logits.layout
     ciphers = [row[0] for row in logits.blocks]
-    plan = plan_softmax(config, tuple(logits.shape), logits.ctx, unit=logits.layout.unit,
+    masks = None
+    if packing.copies(layout) > 1:  # g block rows per ciphertext: the softmax runs on n_a/g of them
+        ciphers = packing.pack(ev, ciphers, layout, "softmax (pack block rows)")
+        layout, masks = packing.packed_layout(logits.layout), packing.packed_masks(logits.layout)
+    plan = plan_softmax(config, tuple(layout.shape), logits.ctx, unit=layout.unit,
                         input_level=min(c.level for c in ciphers), input_scale=input_scale)
-    out = softmax_ciphers(logits.ctx.evaluator, ciphers, logits.layout, config, input_scale=input_scale,
-                          output_scale=output_scale, policy=plan.policy)
+    out = softmax_ciphers(ev, ciphers, layout, config, input_scale=input_scale, output_scale=output_scale,
+                          policy=plan.policy, masks=masks)
+    if masks is not None:
+        out = packing.unpack(ev, out, logits.layout, "softmax (unpack block rows)")
     return logits._new([[p] for p in out])
 
 

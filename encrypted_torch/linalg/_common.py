@@ -11,6 +11,7 @@ import numpy as np
 from ..ckks.evaluator import Cipher, Evaluator
 from ..ckks.galois import compose_rotation
 from ..errors import ContextMismatchError, DepthError, ShapeError
+from ..parallel import fork_map, plan
 from ..refresh import current_refresher, ensure_levels
 
 Blocks = list[list[Cipher]]
@@ -104,3 +105,19 @@ def diagonal_mask(unit: tuple[int, int], c_pad: int, k: int, rows_ahead: bool) -
     if rows_ahead:
         return ((r - t - k) % c_pad == 0).astype(np.float64)
     return ((t - r - k) % c_pad == 0).astype(np.float64)
+
+
+def sum_over_diagonals(ctx: Any, diagonals: Iterable[int], partial: Any, work: int) -> list[Cipher]:
+    """Σ over ``diagonals`` of ``partial(ks)`` (each a list of ciphertexts, one per output block), the
+    diagonals split over worker processes (``parallel.plan``); ``work`` counts the block products.
+
+    Each diagonal's rotations and products are independent of the others', so the split repeats no
+    op; the only extra ops are the additions that join the partial sums (exact in CKKS, so the
+    result does not depend on the worker count).
+    """
+    ev = ctx.evaluator
+    parts = fork_map(ctx, partial, plan(list(diagonals), work))
+    total = parts[0]
+    for part in parts[1:]:
+        total = [ev.add(x, y) for x, y in zip(total, part, strict=True)]
+    return total

@@ -105,12 +105,13 @@ def diag_abt_plain(a: int, b: int, c: int, unit: tuple[int, int]) -> Counts:
 def diag_atb(a: int, b: int, c: int, unit: tuple[int, int], variant: str = "mask_a") -> Counts:
     """The paper's counts, with the packing (2 Rot + 1 CMult) per block row, + 1 CMult per block row
     for ×i in the packing masks (option b), + n_b conjugations; "prot_up" computes Rot(B, s1) once
-    for all k (n_a·n_b Rot) where the paper rotates h−1 times."""
+    for all k (n_a·n_b Rot) where the paper rotates h−1 times; the row fold in two stages
+    (``fold_rotations``)."""
     z = sizes(a, b, c, unit)
     h, n_a, n_b = z.h, z.n_a, z.n_b
     if h == 0:
         return Counts(n_b, n_a * n_b, n_b * z.log_s0)
-    fold = h * n_b * z.log_s0
+    fold = fold_rotations(z)
     if variant == "mask_a":
         return Counts(2 * n_a + (h - 1) * n_a + h * n_b, h * n_a * n_b,
                       2 * n_a + 2 * (h - 1) * n_a + fold, n_b)
@@ -125,7 +126,15 @@ def diag_atb_plain(a: int, b: int, c: int, unit: tuple[int, int]) -> Counts:
     h, n_a, n_b = z.h, z.n_a, z.n_b
     if h == 0:
         return Counts(n_a * n_b + n_b, 0, n_b * z.log_s0)
-    return Counts(2 * n_a + h * n_a * n_b + h * n_b, 0, 2 * n_a + (h - 1) * n_a + h * n_b * z.log_s0, n_b)
+    return Counts(2 * n_a + h * n_a * n_b + h * n_b, 0, 2 * n_a + (h - 1) * n_a + fold_rotations(z), n_b)
+
+
+def fold_rotations(z: Sizes) -> int:
+    """DiagATB's row folds: log c_pad per diagonal and column block (over windows of c_pad rows,
+    before the diagonal mask), then log(s0/c_pad) per column block; the paper folds all log s0 rows
+    per diagonal (h·n_b·log s0)."""
+    log_c = z.c_pad.bit_length() - 1
+    return z.h * z.n_b * log_c + z.n_b * (z.log_s0 - log_c)
 
 
 def colmajor(a: int, b: int, c: int, unit: tuple[int, int]) -> Counts:

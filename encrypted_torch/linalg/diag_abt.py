@@ -174,27 +174,33 @@ def _accumulate(a: EncTensor, classes: int, blocks_a: list[list[Cipher]], shifte
     valid = (cm.col_index(unit) % c_pad < classes).astype(np.float64)
     folds = [1 << e for e in range(cm.log2(s1))]
     delta = ev.params.scale
-    acc: list[Cipher | None] = [None] * len(blocks_a)
-    for k in diagonals:
-        bk = shifted(k)
-        if packed:
-            # Re((M_k − i·M_{k+h})(D_k + i·D_{k+h})) = M_k·D_k + M_{k+h}·D_{k+h}; the ½ undoes a + conj(a).
-            place = 0.5 * out_scale * valid * (cm.diagonal_mask(unit, c_pad, k, False)
-                                               - 1j * cm.diagonal_mask(unit, c_pad, k + h, False))
-        else:
-            place = out_scale * valid * cm.diagonal_mask(unit, c_pad, k, False)
-        for i, row in enumerate(blocks_a):
-            z = product(row[0], bk[0])
-            for j in range(1, len(row)):
-                z = ev.add(z, product(row[j], bk[j]))  # lazy relinearization: one per block row
-            if finish is not None:
-                z = finish(z)
-            for step in folds:
-                z = ev.add(z, ev.rotate(z, step))
-            z = ev.mul_plain(z, e0, delta)
-            for step in folds:
-                z = ev.add(z, ev.rotate(z, -step))
-            term = ev.mul_plain(z, place, delta)
-            acc[i] = term if acc[i] is None else ev.add(acc[i], term)
+
+    def partial(ks: list[int]) -> list[Cipher]:
+        acc: list[Cipher | None] = [None] * len(blocks_a)
+        for k in ks:
+            bk = shifted(k)
+            if packed:
+                # Re((M_k − i·M_{k+h})(D_k + i·D_{k+h})) = M_k·D_k + M_{k+h}·D_{k+h}; ½ undoes a + conj(a).
+                place = 0.5 * out_scale * valid * (cm.diagonal_mask(unit, c_pad, k, False)
+                                                   - 1j * cm.diagonal_mask(unit, c_pad, k + h, False))
+            else:
+                place = out_scale * valid * cm.diagonal_mask(unit, c_pad, k, False)
+            for i, row in enumerate(blocks_a):
+                z = product(row[0], bk[0])
+                for j in range(1, len(row)):
+                    z = ev.add(z, product(row[j], bk[j]))  # lazy relinearization: one per block row
+                if finish is not None:
+                    z = finish(z)
+                for step in folds:
+                    z = ev.add(z, ev.rotate(z, step))
+                z = ev.mul_plain(z, e0, delta)
+                for step in folds:
+                    z = ev.add(z, ev.rotate(z, -step))
+                term = ev.mul_plain(z, place, delta)
+                acc[i] = term if acc[i] is None else ev.add(acc[i], term)
+        return acc
+
+    diagonals = list(diagonals)
+    acc = cm.sum_over_diagonals(a.ctx, diagonals, partial, len(diagonals) * sum(map(len, blocks_a)))
     blocks = [[ev.real_part_times_two(c) if packed else c] for c in acc]
     return EncTensor(blocks, out_layout, a.ctx)

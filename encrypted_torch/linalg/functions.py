@@ -14,12 +14,24 @@ import torch
 
 from ..autograd.function import Function, FunctionCtx
 from ..errors import ShapeError
+from ..refresh import current_refresher
 from ._common import is_enc
 from .diag_abt import DEPTH as ABT_DEPTH
 from .diag_abt import diag_abt, diag_abt_plain
 from .diag_atb import DEPTH as ATB_DEPTH
 from .diag_atb import diag_atb, diag_atb_plain
 from .transpose import Transposed
+
+
+def product_out_level() -> int | None:
+    """Where a product's result lands: level 0 when a Refresher is active, else as high as possible.
+
+    The products' rotations run on operands brought down to ``out + need``, and a rotation at level 1
+    costs about a sixth of one at level 5 (benchmarks/results/train_step.md), so with a Refresher it
+    is cheaper to compute low and let the consumer refresh the few outputs (n_a logit blocks, n_b
+    gradient blocks) than to keep levels through thousands of rotations.
+    """
+    return 0 if current_refresher() is not None else None
 
 
 def _plain(m: Any) -> np.ndarray:
@@ -38,9 +50,10 @@ class MatMulABT(Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Any, w: Any, out_scale: float = 1.0) -> Any:
         ctx.save_for_backward(x, w, out_scale)
+        out = product_out_level()
         if is_enc(w):
-            return diag_abt(x, w, out_scale=out_scale)
-        return diag_abt_plain(x, w, out_scale=out_scale)
+            return diag_abt(x, w, out_scale=out_scale, out_level=out)
+        return diag_abt_plain(x, w, out_scale=out_scale, out_level=out)
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Any) -> tuple[Any, Any, None]:
@@ -49,7 +62,8 @@ class MatMulABT(Function):
             raise NotImplementedError(
                 "the gradient of x in x @ w.T (grad @ w) is not implemented: HETAL's features are "
                 "constants. Encrypt x with requires_grad=False.")
-        grad_w = diag_atb(grad, x, out_scale=out_scale) if ctx.needs_input_grad[1] else None
+        grad_w = (diag_atb(grad, x, out_scale=out_scale, out_level=product_out_level())
+                  if ctx.needs_input_grad[1] else None)
         return None, grad_w, None
 
 
@@ -63,9 +77,10 @@ class MatMulATB(Function):
     @staticmethod
     def forward(ctx: FunctionCtx, g: Any, x: Any, out_scale: float = 1.0) -> Any:
         ctx.save_for_backward(g, x, out_scale)
+        out = product_out_level()
         if is_enc(x):
-            return diag_atb(g, x, out_scale=out_scale)
-        return diag_atb_plain(g, x, out_scale=out_scale)
+            return diag_atb(g, x, out_scale=out_scale, out_level=out)
+        return diag_atb_plain(g, x, out_scale=out_scale, out_level=out)
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Any) -> tuple[Any, Any, None]:
@@ -78,7 +93,7 @@ class MatMulATB(Function):
             return None, None, None
         # d(gᵀx)/dg = x·gradᵀ: DiagABT, whose horizontal result is g's own layout.
         if is_enc(x):
-            return diag_abt(x, grad, out_scale=out_scale), None, None
+            return diag_abt(x, grad, out_scale=out_scale, out_level=product_out_level()), None, None
         raise NotImplementedError("the gradient of g in g.T @ plaintext needs plaintext @ EncTensor.T")
 
 

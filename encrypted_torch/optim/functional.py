@@ -21,6 +21,7 @@ def scale(t: EncTensor, factor: float) -> EncTensor:
 def sgd(param: EncTensor, grad: EncTensor, buf: EncTensor | None, *, lr: float, momentum: float,
         dampening: float, nesterov: bool, weight_decay: float) -> tuple[EncTensor, EncTensor | None]:
     """torch.optim.SGD's rule; returns (new param, new momentum buffer)."""
+    grad = _with_levels(grad)  # a gradient at level 0 is refreshed once here, not in each use below
     if weight_decay:
         grad = grad + scale(param, weight_decay)
     if momentum:

@@ -45,7 +45,8 @@ class NetworkKeyOwner:
         reply = self._reply(RefreshReply, rid)
         fresh = decode_ciphers(reply.ciphers, self.ctx, expected=len(ciphers))
         check_fresh(fresh, self.ctx.top_level)
-        counters.record("refreshes", len(fresh))  # in one process SecretContext.refresh counts them
+        for c in ciphers:  # in one process SecretContext.refresh counts them
+            counters.record("refreshes", level=c.level)
         return fresh
 
     def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
