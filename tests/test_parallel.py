@@ -20,7 +20,6 @@ from encrypted_torch.parallel import WorkerError, fork_map, split, use_workers
 from encrypted_torch.refresh import ensure_levels
 
 
-
 @given(st.integers(0, 50), st.integers(1, 9))
 def test_split_covers_in_order(n, parts) -> None:
     runs = split(list(range(n)), parts)
