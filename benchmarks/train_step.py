@@ -42,8 +42,8 @@ from encrypted_torch.data.dataset import DataLoader
 from encrypted_torch.hetal.pipeline import normalise, rotation_steps
 from encrypted_torch.nn.linear import Linear
 from encrypted_torch.optim import SGD
-from encrypted_torch.tensor.layout import unit_shape
 from encrypted_torch.training.trainer import Trainer
+from encrypted_torch.training.unit_choice import choose_unit
 
 RESULTS = Path(__file__).parent / "results" / "train_step.md"
 SHAPES = [(512, 769, 3), (1024, 769, 7), (1024, 769, 10), (2048, 769, 10)]
@@ -174,11 +174,11 @@ def bench_shape(batch: int, features: int, classes: int, repeats: int, warmup: i
                 unit: tuple[int, int] | None = None) -> dict[str, Any]:
     assert features == 769, "features include the bias column: 768 + 1"
     t0 = time.perf_counter()
-    unit = unit or unit_shape(batch, classes, get_params(PRESET).slots)
+    unit = unit or choose_unit(batch, features, classes, PRESET)
     secret = SecretContext.create(PRESET, rotations=rotation_steps(unit, classes), backend="seal")
     client = KeyOwner(secret)
     x, y = random_data(batch, classes)
-    train = client.encrypt_dataset(x, y, num_classes=classes, batch_size=batch, seed=0)
+    train = client.encrypt_dataset(x, y, num_classes=classes, batch_size=batch, seed=0, unit=unit)
     batch_enc = next(iter(DataLoader(train, shuffle=False)))
     torch.manual_seed(0)
     model = Linear(768, classes).encrypt(client.public_context, unit=train.unit)

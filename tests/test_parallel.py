@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import encrypted_torch as et
 from encrypted_torch import parallel
 from encrypted_torch.errors import DepthError
+from encrypted_torch.functional import softmax
 from encrypted_torch.linalg import diag_abt, diag_atb
 from encrypted_torch.parallel import WorkerError, fork_map, split, use_workers
 from encrypted_torch.refresh import ensure_levels
@@ -137,3 +138,24 @@ def test_workers_never_refresh(seal_ctx) -> None:
         fresh = fork_map(ctx, lambda s: [ctx.evaluator.rotate(low, 1)] if s else [low], [0, 1])
     assert fresh[1][0].level == 0
     np.testing.assert_allclose(seal_ctx.decrypt_vector(fresh[1][0]).real, 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["plain", "seal"])
+def test_softmax_rows_over_workers(seal_ctx, plain_ctx, backend) -> None:
+    """Workers take block rows and this process serves their refreshes: same counts, same result."""
+    ctx = seal_ctx if backend == "seal" else plain_ctx
+    x = torch.as_tensor(np.random.default_rng(5).uniform(-30, 30, (700, 5)))
+    xe = et.encrypt(x, ctx, unit=(ctx.slots // 8, 8), tiling="horizontal")  # one tile per row: 2 block rows
+    assert xe.layout.grid[0] == 2
+    runs = []
+    for n in (1, 2):
+        with use_workers(n, min_work=0), et.refresh_with(ctx), et.count_ops() as ops:
+            p = softmax(xe)
+        runs.append((ctx.decrypt(p).numpy(), ops))
+    (serial, ops1), (forked, ops2) = runs
+    assert ops2.as_dict() == ops1.as_dict() and ops1.refreshes > 0
+    if backend == "plain":
+        np.testing.assert_array_equal(forked, serial)
+    else:  # fresh encryptions differ in their noise only
+        assert np.abs(forked - serial).max() < 1e-3
+    assert np.abs(forked - torch.softmax(x, 1).numpy()).max() < 2e-2

@@ -9,7 +9,8 @@ import torch
 from ..data.dataset import EncBatch, EncDataset
 from ..errors import ShapeError
 from ..tensor.enctensor import encrypt
-from ..tensor.layout import BlockLayout, unit_shape
+from ..tensor.layout import BlockLayout
+from ..training.unit_choice import choose_unit
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -22,8 +23,11 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def encrypt_batches(features: torch.Tensor, labels: torch.Tensor | None, public_ctx: Any, *,
                     num_classes: int, batch_size: int, shuffle: bool = True, seed: int = 0,
-                    name: str = "train", encrypt_labels: bool = True) -> tuple[EncDataset, torch.Tensor]:
-    """Encrypt a dataset; returns it and the sample order used (for the key owner's labels)."""
+                    name: str = "train", encrypt_labels: bool = True,
+                    unit: tuple[int, int] | None = None) -> tuple[EncDataset, torch.Tensor]:
+    """Encrypt a dataset; returns it and the sample order used (for the key owner's labels).
+
+    ``unit``: the block shape (default: the cheapest for a training step, ``training.unit_choice``)."""
     features = torch.as_tensor(features).to(torch.float64)
     if features.ndim != 2:
         raise ShapeError(f"features must be (samples, features), got {tuple(features.shape)}")
@@ -32,7 +36,10 @@ def encrypt_batches(features: torch.Tensor, labels: torch.Tensor | None, public_
         raise ShapeError(f"{n} feature rows but {len(labels)} labels")
     if batch_size < 1:
         raise ShapeError(f"batch_size must be positive, got {batch_size}")
-    unit = unit_shape(batch_size, num_classes, public_ctx.slots)
+    if unit is None:
+        unit = choose_unit(batch_size, features.shape[1] + 1, num_classes, public_ctx.params)
+    elif unit[0] * unit[1] != public_ctx.slots:
+        raise ShapeError(f"unit {tuple(unit)} has {unit[0] * unit[1]} slots; the context has {public_ctx.slots}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
     batches = []
     for start in range(0, n, batch_size):

@@ -12,15 +12,14 @@ from typing import Any
 
 import torch
 
-from ..ckks.params import get_params
 from ..ckks.secret import SecretContext
 from ..data.dataset import EncDataset
 from ..hetal.config import HetalConfig
 from ..nn.linear import Linear
 from ..tensor.enctensor import EncTensor
-from ..tensor.layout import unit_shape
 from ..training.early_stopping import EarlyStopping
 from ..training.trainer import FitResult, Trainer
+from ..training.unit_choice import choose_unit
 from .key_owner import KeyOwner
 
 
@@ -55,12 +54,13 @@ def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | 
     (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
     xtr, xva, xte = normalise(xtr, xva, xte)
     c, d = splits.num_classes, xtr.shape[1]
-    unit = unit_shape(cfg.batch_size, c, get_params(cfg.preset).slots)
+    unit = choose_unit(cfg.batch_size, d + 1, c, cfg.preset)
     secret = secret or SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c))
     owner = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
-    train = owner.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed)
+    train = owner.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  unit=unit)
     val = owner.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
-                                keep_labels=True, shuffle=False)
+                                keep_labels=True, shuffle=False, unit=unit)
     torch.manual_seed(cfg.seed)
     model = Linear(d, c, init=cfg.init).encrypt(owner.public_context, unit=train.unit)
     return PreparedRun(cfg, secret, owner, train, val, {"weight_bias": model.weight_bias.detach()},

@@ -41,11 +41,12 @@ class KeyOwner:
     # --- data ---------------------------------------------------------------------------------------
     def encrypt_dataset(self, features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                         batch_size: int, name: str = "train", keep_labels: bool = False,
-                        shuffle: bool = True, seed: int = 0) -> EncDataset:
-        """Shuffle, batch and encrypt. ``keep_labels=True`` (validation): the labels stay here."""
+                        shuffle: bool = True, seed: int = 0, unit: tuple[int, int] | None = None) -> EncDataset:
+        """Shuffle, batch and encrypt. ``keep_labels=True`` (validation): the labels stay here.
+        ``unit``: the block shape (default: ``training.unit_choice.choose_unit``'s)."""
         ds, order = encrypt_batches(features, labels, self.public_context, num_classes=num_classes,
                                     batch_size=batch_size, shuffle=shuffle, seed=seed, name=name,
-                                    encrypt_labels=not keep_labels)
+                                    encrypt_labels=not keep_labels, unit=unit)
         if keep_labels:
             self._val_labels[name] = torch.as_tensor(labels, dtype=torch.int64)[order]
         return ds

@@ -6,7 +6,9 @@ runs through the same stages; ``ensure_levels`` gives each stage the levels it n
 it, refreshing only the ciphers that continue and only when they lack a level: as late as possible.
 At two junctions, where one value feeds two paths, a refresh of the shared value can save a later
 one; the plan (``plan.py``) runs each ``RefreshPolicy`` dry and the softmax runs the one with the
-fewest refreshes. Every block row is refreshed in the same round trip.
+fewest refreshes. The block rows of one process are refreshed in the same round trip; with worker
+processes (``parallel``) each worker takes a share of the block rows and asks this process for its
+refreshes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import parallel
 from ..approx.softmax import SoftmaxConfig
 from ..ckks.evaluator import Cipher, Evaluator
 from ..errors import DomainError, ShapeError
@@ -25,6 +28,10 @@ from ..refresh import ensure_levels
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
 from . import packing
+
+WORK_PER_CIPHER = 100
+"""The softmax of one block row costs about as much as this many block products (≥ 100 ct·ct
+multiplications and their relinearizations at high levels): worth a worker of its own."""
 
 __all__ = ["RefreshPolicy", "SoftmaxConfig", "run_softmax", "softmax", "softmax_ciphers",
            "softmax_rotation_steps"]
@@ -215,15 +222,25 @@ def run_softmax(logits: EncTensor, config: SoftmaxConfig, *, input_scale: float 
 
     ev, layout = logits.ctx.evaluator, logits.layout
     ciphers = [row[0] for row in logits.blocks]
-    masks = None
-    if packing.copies(layout) > 1:  # g block rows per ciphertext: the softmax runs on n_a/g of them
+    packed = packing.copies(layout) > 1
+    if packed:  # g block rows per ciphertext: the softmax runs on n_a/g of them
         ciphers = packing.pack(ev, ciphers, layout, "softmax (pack block rows)")
         layout, masks = packing.packed_layout(logits.layout), packing.packed_masks(logits.layout)
+    else:
+        masks = _masks(layout)
     plan = plan_softmax(config, tuple(layout.shape), logits.ctx, unit=layout.unit,
                         input_level=min(c.level for c in ciphers), input_scale=input_scale)
-    out = softmax_ciphers(ev, ciphers, layout, config, input_scale=input_scale, output_scale=output_scale,
-                          policy=plan.policy, masks=masks)
-    if masks is not None:
+
+    def rows(share: list[int]) -> list[Cipher]:
+        return softmax_ciphers(ev, [ciphers[i] for i in share], layout, config, input_scale=input_scale,
+                               output_scale=output_scale, policy=plan.policy,
+                               masks={k: v[share] for k, v in masks.items()})
+
+    # Block rows are independent: worker processes take a share each and this process serves their
+    # refreshes (the key owner's link stays here).
+    shares = parallel.plan(list(range(len(ciphers))), work=WORK_PER_CIPHER * len(ciphers))
+    out = [c for part in parallel.fork_map(logits.ctx, rows, shares, serve_refreshes=True) for c in part]
+    if packed:
         out = packing.unpack(ev, out, logits.layout, "softmax (unpack block rows)")
     return logits._new([[p] for p in out])
 

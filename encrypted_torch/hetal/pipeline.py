@@ -18,9 +18,10 @@ from ..client.key_owner import KeyOwner
 from ..data.dataset import DataLoader
 from ..nn.linear import Linear
 from ..optim import NAG, SGD
-from ..tensor.layout import next_pow2, unit_shape
+from ..tensor.layout import next_pow2
 from ..training.early_stopping import EarlyStopping
 from ..training.trainer import FitResult, Trainer
+from ..training.unit_choice import choose_unit
 from .config import HetalConfig
 from .plaintext import PlainResult, accuracy, train_plaintext
 
@@ -109,14 +110,13 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     c, d = splits.num_classes, xtr.shape[1]
 
     # --- client: keys and encrypted data -----------------------------------------------------------
-    from ..ckks.params import get_params
-
-    unit = unit_shape(cfg.batch_size, c, get_params(cfg.preset).slots)
+    unit = choose_unit(cfg.batch_size, d + 1, c, cfg.preset)
     secret = SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c), backend=cfg.backend)
     client = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
-    train = client.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed)
+    train = client.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed,
+                                   unit=unit)
     val = client.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
-                                 keep_labels=True, shuffle=False)
+                                 keep_labels=True, shuffle=False, unit=unit)
     torch.manual_seed(cfg.seed)
     model = Linear(d, c, init=cfg.init)
     init_packed = model.packed_plain().clone()
