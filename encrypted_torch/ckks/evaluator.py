@@ -96,6 +96,11 @@ class Evaluator:
         counters.record("encryptions", level=level)
         return self._wrap(self.backend.encrypt(vec, level, scale), level, scale, "encrypt")
 
+    def adopt_fresh(self, handle: Any, level: int, scale: float) -> Cipher:
+        """Wrap a fresh encryption made elsewhere (the key owner's secret-key encryptor)."""
+        counters.record("encryptions", level=level)
+        return self._wrap(handle, level, scale, "encrypt")
+
     def zeros_like(self, c: Cipher) -> Cipher:
         """A fresh encryption of zeros at ``c``'s level and scale (SEAL forbids transparent results)."""
         return self.encrypt(np.zeros(self.slots), c.level, c.scale)

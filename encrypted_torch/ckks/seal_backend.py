@@ -99,6 +99,17 @@ class SealKeyOwner:
         self.decryptor.decrypt(handle, pt)
         return np.asarray(self.encoder.decode_complex(pt))
 
+    def encrypt_symmetric(self, values: np.ndarray, scale: float) -> Any:
+        """Encrypt at the top level with the secret key: half the work of a public-key encryption
+        (10.5 against 22.8 ms at N=16384) and less noise. For refreshes, which only the key owner runs."""
+        if getattr(self, "_symmetric", None) is None:
+            self._symmetric = seal.Encryptor(self.context, self.secret_key)
+        pt, ct = seal.Plaintext(), seal.Ciphertext(self.context)
+        data = values.tolist() if np.iscomplexobj(values) and np.any(values.imag) else np.real(values).tolist()
+        self.encoder.encode(data, scale, pt)
+        self._symmetric.encrypt_symmetric(pt, ct)
+        return ct
+
 
 class SealBackend:
     """Evaluation with public material only: public key, relinearization and Galois keys."""

@@ -9,8 +9,8 @@ SEAL has no free ×i (HETAL.md §3.4), so the imaginary half costs something:
   * ``imag="real"`` (option c): every diagonal on its own, no packing, B keeps the level.
 ``imag="auto"`` takes "const": benchmarks/matmul.py measures it 1.3-1.7× faster in CPU time at the
 four Table 7 sizes on N=16384 (1.70, 1.70, 1.31, 1.55×), since it halves the Mults, folds and row
-shifts for n_b extra CMults. It takes "real" only when B has exactly the 3 levels "real" needs, where
-"const" would cost a refresh of all n_b ciphertexts of B (the weights).
+shifts for n_b extra CMults. Without a Refresher it takes "real" when B has exactly the 3 levels
+"real" needs, where "const" could not run; with one, "const" and a refresh of B's n_b blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from ..ckks.evaluator import Cipher
 from ..errors import DepthError, ShapeError
+from ..refresh import current_refresher
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout, next_pow2
 from . import _common as cm
@@ -66,6 +67,9 @@ def _choose_imag(imag: str, level_b: int, out_level: int | None, c_pad: int) -> 
         return "real"  # a single diagonal: nothing to pack
     if imag != "auto":
         return imag
+    if current_refresher() is not None:
+        # Refreshing B's n_b blocks (~25 ms each) costs far less than the 1.3-1.7× of "real".
+        return "const"
     target = 0 if out_level is None else out_level
     return "real" if level_b == target + B_DEPTH["real"] else "const"
 
