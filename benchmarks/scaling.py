@@ -46,8 +46,8 @@ from encrypted_torch.hetal.pipeline import normalise, rotation_steps
 from encrypted_torch.nn.linear import Linear
 from encrypted_torch.optim import SGD
 from encrypted_torch.storage.dataset import DatasetWriter, StreamingLoader, open_dataset
-from encrypted_torch.tensor.layout import unit_shape
 from encrypted_torch.training.trainer import Trainer
+from encrypted_torch.training.unit_choice import choose_unit
 
 RESULTS = Path(__file__).parent / "results"
 SAVED = Path(tempfile.gettempdir()) / "scaling_results.json"
@@ -132,11 +132,11 @@ class StepSetup:
 def make_step(shape: Shape, preset: str, backend: str) -> StepSetup:
     """Keys, one encrypted batch, model and optimizer exactly as ``train_step.bench_shape`` builds them."""
     batch, features, classes = shape
-    unit = unit_shape(batch, classes, get_params(preset).slots)
+    unit = choose_unit(batch, features, classes, preset)
     secret = SecretContext.create(preset, rotations=rotation_steps(unit, classes), backend=backend)
     client = KeyOwner(secret)
     x, y = random_data(batch, features, classes)
-    train = client.encrypt_dataset(x, y, num_classes=classes, batch_size=batch, seed=0)
+    train = client.encrypt_dataset(x, y, num_classes=classes, batch_size=batch, seed=0, unit=unit)
     b = next(iter(DataLoader(train, shuffle=False)))
     torch.manual_seed(0)
     model = Linear(features - 1, classes).encrypt(client.public_context, unit=train.unit)
@@ -209,7 +209,7 @@ def encrypt_to_disk(directory: Path, rows: int, features: int, classes: int, bat
     """Client side: keys, then encrypt and write one batch at a time (DatasetWriter); sizes and RSS."""
     directory = Path(directory)
     t0, rss0 = time.perf_counter(), rss_mb()
-    unit = unit_shape(batch, classes, get_params(preset).slots)
+    unit = choose_unit(batch, features, classes, preset)
     secret = SecretContext.create(preset, rotations=rotation_steps(unit, classes), backend=backend)
     pub = secret.public()
     directory.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def encrypt_to_disk(directory: Path, rows: int, features: int, classes: int, bat
     ciphers = 0
     for i, start in enumerate(range(0, rows, batch)):
         x, y = random_data(min(batch, rows - start), features, classes, seed=i)
-        ds, _ = encrypt_batches(x, y, pub, num_classes=classes, batch_size=batch, shuffle=False)
+        ds, _ = encrypt_batches(x, y, pub, num_classes=classes, batch_size=batch, shuffle=False, unit=unit)
         b = ds.batches[0]
         ciphers = max(ciphers, len(b.x.ciphers()) + len(b.y.ciphers()))
         writer.add(b.x, b.y, b.rows)
@@ -368,7 +368,7 @@ def rows_of(res: dict) -> list[dict[str, Any]]:
             by_level = res["counts"][shape]
             pred, parts = predict(by_level, costs, preset) if costs else (float("nan"), {})
             out.append({"series": series, "shape": shape, "ops": totals(by_level), "pred": pred, "parts": parts,
-                        "unit": unit_shape(shape[0], shape[2], get_params(preset).slots),
+                        "unit": choose_unit(shape[0], shape[1], shape[2], preset),
                         "meas": res["measured"].get(shape)})
     return out
 

@@ -3,5 +3,7 @@
 from .early_stopping import EarlyStopping
 from .protocol import EpochVerdict, KeyOwnerLink
 from .trainer import FitResult, StepRecord, Trainer, fit
+from .unit_choice import choose_unit
 
-__all__ = ["EarlyStopping", "EpochVerdict", "FitResult", "KeyOwnerLink", "StepRecord", "Trainer", "fit"]
+__all__ = ["EarlyStopping", "EpochVerdict", "FitResult", "KeyOwnerLink", "StepRecord", "Trainer", "choose_unit",
+           "fit"]
