@@ -60,17 +60,19 @@ def _check_out(layout: BlockLayout, classes: int, op: str) -> None:
                          f"{layout.unit} blocks (s1={layout.s1}); use a unit with s1 ≥ {c_pad}")
 
 
-def _choose_imag(imag: str, level_b: int, out_level: int | None, c_pad: int) -> str:
+def _choose_imag(imag: str, level_b: int, out_level: int | None, c_pad: int, top: int) -> str:
     if imag not in IMAG_OPTIONS:
         raise ValueError(f"imag must be one of {IMAG_OPTIONS}, got {imag!r}")
     if c_pad == 1:
         return "real"  # a single diagonal: nothing to pack
     if imag != "auto":
         return imag
-    if current_refresher() is not None:
-        # Refreshing B's n_b blocks (~25 ms each) costs far less than the 1.3-1.7× of "real".
-        return "const"
     target = 0 if out_level is None else out_level
+    if target + B_DEPTH["const"] > top:
+        return "real"  # the preset has too few levels for "const"
+    if current_refresher() is not None:
+        # Refreshing B's n_b blocks (~20 ms each) costs far less than the 1.3-1.7× of "real".
+        return "const"
     return "real" if level_b == target + B_DEPTH["real"] else "const"
 
 
@@ -97,7 +99,7 @@ def diag_abt(a: EncTensor, b: EncTensor, *, out_scale: float = 1.0, out_level: i
     op = "DiagABT (x @ w.T)"
     _check(a, b, op)
     c_pad = b.layout.c_pad
-    imag = _choose_imag(imag, b.level, out_level, c_pad)
+    imag = _choose_imag(imag, b.level, out_level, c_pad, a.ctx.top_level)
     need_a, need_b = levels_needed(imag)
     cm.require_rotations(a.ctx, diag_abt_steps(a.layout.unit, c_pad, imag), op)
     ev = a.ctx.evaluator

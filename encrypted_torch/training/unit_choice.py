@@ -16,7 +16,7 @@ from typing import Any
 from ..ckks import counters
 from ..ckks.params import CKKSParams, get_params
 from ..ckks.public import PublicContext
-from ..errors import ShapeError
+from ..errors import EncTorchError, ShapeError
 from ..functional.cross_entropy import cross_entropy
 from ..functional.plan import NullBackend, _DryRefresher, _primes
 from ..linalg.steps import hetal_rotation_steps
@@ -89,8 +89,16 @@ def _choose(batch: int, features: int, classes: int, params: CKKSParams) -> tupl
     units = candidate_units(batch, classes, params.slots)
     if not units:
         raise ShapeError(f"{classes} classes do not fit {params.slots} slots")
-    return min(units, key=lambda u: (step_cost_ms(batch, features, classes, u, params),
-                                     u != unit_shape(batch, classes, params.slots)))
+    hetal = unit_shape(batch, classes, params.slots)
+    costs = {}
+    for u in units:
+        try:
+            costs[u] = step_cost_ms(batch, features, classes, u, params)
+        except EncTorchError:  # a unit this preset cannot train with: not a candidate
+            continue
+    if not costs:
+        return hetal
+    return min(costs, key=lambda u: (costs[u], u != hetal))
 
 
 def choose_unit(batch: int, features: int, classes: int, params: Any = "fast") -> tuple[int, int]:
