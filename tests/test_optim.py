@@ -57,11 +57,17 @@ def test_sgd_matches_torch_within_ckks_tolerance(seal_ctx, cfg, steps):
 def test_sgd_refreshes_buffers_only_when_out_of_levels(seal_ctx):
     w = Parameter(et.encrypt(torch.zeros(2, 2), seal_ctx))
     opt = SGD([w], lr=0.1, momentum=0.9)
+    levels = []
     with et.refresh_with(seal_ctx), et.count_ops() as ops:
-        for _ in range(4):
+        for _ in range(6):
             w.grad = et.encrypt(torch.ones(2, 2), seal_ctx)
             opt.step()
-    assert ops.refreshes >= 1  # 3 levels: the momentum buffer runs out within 4 steps
+            levels.append((w.level, opt.state[w]["momentum_buffer"].level))
+    # 3 levels: each step costs the buffer one level and the parameter at most one (its update is
+    # a sum of one-level terms), so the buffer runs out in the fifth step and is refreshed then
+    assert levels[:4] == [(2, 3), (2, 2), (1, 1), (0, 0)]
+    assert levels[4:] == [(0, 2), (0, 1)]  # the parameter needs no level to be updated
+    assert ops.refreshes == 1  # the buffer's one ciphertext, once, though the step uses it twice
     with pytest.raises(et.DepthError, match="level"):
         for _ in range(4):
             w.grad = et.encrypt(torch.ones(2, 2), seal_ctx)

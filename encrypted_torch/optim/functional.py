@@ -20,19 +20,28 @@ def scale(t: EncTensor, factor: float) -> EncTensor:
 
 def sgd(param: EncTensor, grad: EncTensor, buf: EncTensor | None, *, lr: float, momentum: float,
         dampening: float, nesterov: bool, weight_decay: float) -> tuple[EncTensor, EncTensor | None]:
-    """torch.optim.SGD's rule; returns (new param, new momentum buffer)."""
+    """torch.optim.SGD's rule; returns (new param, new momentum buffer).
+
+    The step is written as a sum of one-level terms, param − lr·c_g·grad − lr·c_b·buf (Nesterov:
+    c_g = 1 + m(1 − d), c_b = m²), so the parameter lands at min(its level, grad's − 1, buf's − 1)
+    instead of losing three levels through buf → m·buf → lr·(g + m·buf).
+    """
     grad = _with_levels(grad)  # a gradient at level 0 is refreshed once here, not in each use below
     if weight_decay:
         grad = grad + scale(param, weight_decay)
-    if momentum:
-        if buf is None:
-            buf = grad
-        else:
-            buf = scale(buf, momentum) + (grad if dampening == 0 else scale(grad, 1 - dampening))
-        step_dir = grad + scale(buf, momentum) if nesterov else buf
+    if not momentum:
+        return param - scale(grad, lr), None
+    if buf is None:  # torch: the first buffer is the gradient itself, undampened
+        new_buf, c_grad, c_buf = grad, (1 + momentum if nesterov else 1.0), 0.0
     else:
-        step_dir = grad
-    return param - scale(step_dir, lr), buf
+        buf = _with_levels(buf)  # used twice below: refreshed (if at all) once
+        new_buf = scale(buf, momentum) + (grad if dampening == 0 else scale(grad, 1 - dampening))
+        c_grad = (1 + momentum * (1 - dampening)) if nesterov else 1 - dampening
+        c_buf = momentum * momentum if nesterov else momentum
+    new_param = param - scale(grad, lr * c_grad)
+    if c_buf:
+        new_param = new_param - scale(buf, lr * c_buf)
+    return new_param, new_buf
 
 
 def nag(param: EncTensor, grad: EncTensor, v_prev: EncTensor | None, *, lr: float,
