@@ -86,10 +86,15 @@ def use_workers(n: int, min_work: int = MIN_WORK) -> Iterator[int]:
         _workers.reset(token)
 
 
-def plan(items: Sequence[T], work: int) -> list[list[T]]:
-    """``items`` split over ``workers()`` shares if ``work`` (block products) is worth a fork, else one."""
+def worker_count(work: int) -> int:
+    """``workers()`` if ``work`` (block products) is worth a fork, else 1."""
     min_work = _workers.get()[1] if _workers.get() else MIN_WORK
-    return split(items, workers() if work >= min_work else 1)
+    return workers() if work >= min_work else 1
+
+
+def plan(items: Sequence[T], work: int) -> list[list[T]]:
+    """``items`` split over ``worker_count(work)`` shares."""
+    return split(items, worker_count(work))
 
 
 def split(items: Sequence[T], parts: int) -> list[list[T]]:

@@ -159,3 +159,30 @@ def test_softmax_rows_over_workers(seal_ctx, plain_ctx, backend) -> None:
     else:  # fresh encryptions differ in their noise only
         assert np.abs(forked - serial).max() < 1e-3
     assert np.abs(forked - torch.softmax(x, 1).numpy()).max() < 2e-2
+
+
+@pytest.mark.parametrize("product", ["abt", "atb"])
+def test_a_single_diagonal_splits_by_output_block(plain_fast, monkeypatch, product) -> None:
+    """Two classes make one diagonal: the workers split its output blocks instead, at no extra op."""
+    import encrypted_torch.linalg._common as common
+
+    seen = []
+
+    def recording(ctx, fn, shares, **kw):
+        seen.append(len(shares))
+        return fork_map(ctx, fn, shares, **kw)
+
+    monkeypatch.setattr(common, "fork_map", recording)
+    x, w, g = _operands(plain_fast, c=2)
+    assert x.layout.grid[0] >= 2 and x.layout.grid[1] >= 2
+    if product == "abt":
+        def fn():
+            return diag_abt(x, w)
+    else:
+        def fn():
+            return diag_atb(g, x, out_scale=0.5)
+    serial, ops1 = _run(plain_fast, 1, fn)
+    forked, ops2 = _run(plain_fast, 2, fn)
+    assert seen == [1, 2]
+    np.testing.assert_array_equal(forked, serial)
+    assert ops2.as_dict() == ops1.as_dict() and ops2.by_level == ops1.by_level

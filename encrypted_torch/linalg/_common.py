@@ -11,7 +11,7 @@ import numpy as np
 from ..ckks.evaluator import Cipher, Evaluator
 from ..ckks.galois import compose_rotation
 from ..errors import ContextMismatchError, DepthError, ShapeError
-from ..parallel import fork_map, plan
+from ..parallel import fork_map, split, worker_count
 from ..refresh import current_refresher, ensure_levels
 
 Blocks = list[list[Cipher]]
@@ -107,17 +107,40 @@ def diagonal_mask(unit: tuple[int, int], c_pad: int, k: int, rows_ahead: bool) -
     return ((t - r - k) % c_pad == 0).astype(np.float64)
 
 
-def sum_over_diagonals(ctx: Any, diagonals: Iterable[int], partial: Any, work: int) -> list[Cipher]:
-    """Σ over ``diagonals`` of ``partial(ks)`` (each a list of ciphertexts, one per output block), the
-    diagonals split over worker processes (``parallel.plan``); ``work`` counts the block products.
+def sum_over_diagonals(ctx: Any, diagonals: Iterable[int], n_out: int, partial: Any, work: int) -> list[Cipher]:
+    """Σ over ``diagonals`` of each diagonal's terms, one per output block, split over worker processes.
 
-    Each diagonal's rotations and products are independent of the others', so the split repeats no
-    op; the only extra ops are the additions that join the partial sums (exact in CKKS, so the
-    result does not depend on the worker count).
+    ``partial(share)`` gets a list of (diagonal, output blocks) and returns the partial sums of the
+    blocks it touched, in block order. With at least as many diagonals as workers the split is by
+    diagonal (each worker all blocks of its diagonals); with fewer (one diagonal when c_pad ≤ 2) it is
+    by (diagonal, block), so that every core still gets work. Each diagonal's rotations and products
+    are independent of the others', so a split by diagonal repeats no op, and the joining additions
+    are the ones a serial sum does: counts and results (exact mod q) do not depend on the worker
+    count. A diagonal whose blocks are split between workers repeats its shift in each (none for
+    diagonal 0).
     """
     ev = ctx.evaluator
-    parts = fork_map(ctx, partial, plan(list(diagonals), work))
-    total = parts[0]
-    for part in parts[1:]:
-        total = [ev.add(x, y) for x, y in zip(total, part, strict=True)]
+    ks, blocks = list(diagonals), list(range(n_out))
+    n = worker_count(work)
+    if len(ks) >= n:
+        shares = [[(k, blocks) for k in run] for run in split(ks, n)]
+    else:
+        shares = [_group(run) for run in split([(k, b) for k in ks for b in blocks], n)]
+    parts = fork_map(ctx, partial, shares)
+    total: list[Cipher | None] = [None] * n_out
+    for share, part in zip(shares, parts, strict=True):
+        touched = sorted({b for _, bs in share for b in bs})
+        for b, c in zip(touched, part, strict=True):
+            total[b] = c if total[b] is None else ev.add(total[b], c)
     return total
+
+
+def _group(pairs: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+    """[(k, b), ...] → [(k, [b, ...]), ...], keeping the order."""
+    out: list[tuple[int, list[int]]] = []
+    for k, b in pairs:
+        if out and out[-1][0] == k:
+            out[-1][1].append(b)
+        else:
+            out.append((k, [b]))
+    return out

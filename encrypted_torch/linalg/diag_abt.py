@@ -181,9 +181,9 @@ def _accumulate(a: EncTensor, classes: int, blocks_a: list[list[Cipher]], shifte
     folds = [1 << e for e in range(cm.log2(s1))]
     delta = ev.params.scale
 
-    def partial(ks: list[int]) -> list[Cipher]:
-        acc: list[Cipher | None] = [None] * len(blocks_a)
-        for k in ks:
+    def partial(share: list[tuple[int, list[int]]]) -> list[Cipher]:
+        acc: dict[int, Cipher] = {}
+        for k, rows in share:
             bk = shifted(k)
             if packed:
                 # Re((M_k − i·M_{k+h})(D_k + i·D_{k+h})) = M_k·D_k + M_{k+h}·D_{k+h}; ½ undoes a + conj(a).
@@ -191,7 +191,8 @@ def _accumulate(a: EncTensor, classes: int, blocks_a: list[list[Cipher]], shifte
                                                    - 1j * cm.diagonal_mask(unit, c_pad, k + h, False))
             else:
                 place = out_scale * valid * cm.diagonal_mask(unit, c_pad, k, False)
-            for i, row in enumerate(blocks_a):
+            for i in rows:
+                row = blocks_a[i]
                 z = product(row[0], bk[0])
                 for j in range(1, len(row)):
                     z = ev.add(z, product(row[j], bk[j]))  # lazy relinearization: one per block row
@@ -203,10 +204,11 @@ def _accumulate(a: EncTensor, classes: int, blocks_a: list[list[Cipher]], shifte
                 for step in folds:
                     z = ev.add(z, ev.rotate(z, -step))
                 term = ev.mul_plain(z, place, delta)
-                acc[i] = term if acc[i] is None else ev.add(acc[i], term)
-        return acc
+                acc[i] = term if i not in acc else ev.add(acc[i], term)
+        return [acc[i] for i in sorted(acc)]
 
     diagonals = list(diagonals)
-    acc = cm.sum_over_diagonals(a.ctx, diagonals, partial, len(diagonals) * sum(map(len, blocks_a)))
+    acc = cm.sum_over_diagonals(a.ctx, diagonals, len(blocks_a), partial,
+                                len(diagonals) * sum(map(len, blocks_a)))
     blocks = [[ev.real_part_times_two(c) if packed else c] for c in acc]
     return EncTensor(blocks, out_layout, a.ctx)

@@ -234,16 +234,16 @@ def _accumulate(a: EncTensor, features: int, a_k: Any, b_k: Any, h: int, out_sca
     block_folds = [(c_pad << e) * s1 for e in range(cm.log2(s0) - cm.log2(c_pad))]
     delta = ev.params.scale
 
-    def partial(ks: list[int]) -> list[Cipher]:
-        acc: list[Cipher | None] = [None] * n_b
-        for k in ks:
+    def partial(share: list[tuple[int, list[int]]]) -> list[Cipher]:
+        acc: dict[int, Cipher] = {}
+        for k, cols in share:
             ak, bk = a_k(k), b_k(k)
             if h:
                 place = 0.5 * out_scale * (cm.diagonal_mask(unit, c_pad, k, True)
                                            - 1j * cm.diagonal_mask(unit, c_pad, k + h, True))
             else:
                 place = out_scale * cm.diagonal_mask(unit, c_pad, k, True)
-            for j in range(n_b):
+            for j in cols:
                 z = product(ak[0], bk[0][j])
                 for i in range(1, len(ak)):
                     z = ev.add(z, product(ak[i], bk[i][j]))
@@ -252,11 +252,11 @@ def _accumulate(a: EncTensor, features: int, a_k: Any, b_k: Any, h: int, out_sca
                 for step in window_folds:
                     z = ev.add(z, ev.rotate(z, step))
                 term = ev.mul_plain(z, place * valid[j], delta)
-                acc[j] = term if acc[j] is None else ev.add(acc[j], term)
-        return acc
+                acc[j] = term if j not in acc else ev.add(acc[j], term)
+        return [acc[j] for j in sorted(acc)]
 
     diagonals = range(max(h, 1))
-    acc = cm.sum_over_diagonals(a.ctx, diagonals, partial, len(diagonals) * n_b * a.layout.grid[0])
+    acc = cm.sum_over_diagonals(a.ctx, diagonals, n_b, partial, len(diagonals) * n_b * a.layout.grid[0])
     for j, z in enumerate(acc):
         for step in block_folds:  # every row ends up holding its column sums: no mask needed
             z = ev.add(z, ev.rotate(z, step))
