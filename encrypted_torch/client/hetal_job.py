@@ -17,9 +17,7 @@ from ..data.dataset import EncDataset
 from ..hetal.config import HetalConfig
 from ..nn.linear import Linear
 from ..tensor.enctensor import EncTensor
-from ..training.early_stopping import EarlyStopping
 from ..training.trainer import FitResult, Trainer
-from ..training.unit_choice import choose_unit
 from .key_owner import KeyOwner
 
 
@@ -48,23 +46,15 @@ class PreparedRun:
 
 def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | None = None) -> PreparedRun:
     """Load and normalise features, make keys (unless given), encrypt both sets and the initial model."""
-    from ..hetal.pipeline import load_features, normalise, rotation_steps
+    from ..hetal.pipeline import encrypt_splits, load_features
 
     splits = splits if splits is not None else load_features(cfg)
-    (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
-    xtr, xva, xte = normalise(xtr, xva, xte)
-    c, d = splits.num_classes, xtr.shape[1]
-    unit = choose_unit(cfg.batch_size, d + 1, c, cfg.preset)
-    secret = secret or SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c))
-    owner = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
-    train = owner.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed,
-                                  unit=unit)
-    val = owner.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
-                                keep_labels=True, shuffle=False, unit=unit)
+    data = encrypt_splits(cfg, splits, secret=secret)
+    owner, d, c = data.owner, data.features, data.classes
     torch.manual_seed(cfg.seed)
-    model = Linear(d, c, init=cfg.init).encrypt(owner.public_context, unit=train.unit)
-    return PreparedRun(cfg, secret, owner, train, val, {"weight_bias": model.weight_bias.detach()},
-                       (xte, yte), d, c)
+    model = Linear(d, c, init=cfg.init).encrypt(owner.public_context, unit=data.train.unit)
+    return PreparedRun(cfg, owner.secret, owner, data.train, data.val,
+                       {"weight_bias": model.weight_bias.detach()}, data.test_plain, d, c)
 
 
 def run_in_process(prep: PreparedRun, key_owner: KeyOwner | None = None) -> tuple[torch.nn.Linear, FitResult]:

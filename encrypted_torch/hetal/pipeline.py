@@ -105,18 +105,12 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     """Run the encrypted training and its plaintext twin; return both results."""
     t0 = time.perf_counter()
     splits = splits if splits is not None else load_features(cfg)
-    (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
-    xtr, xva, xte = normalise(xtr, xva, xte)
-    c, d = splits.num_classes, xtr.shape[1]
 
     # --- client: keys and encrypted data -----------------------------------------------------------
-    unit = choose_unit(cfg.batch_size, d + 1, c, cfg.preset)
-    secret = SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c), backend=cfg.backend)
-    client = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
-    train = client.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed,
-                                   unit=unit)
-    val = client.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
-                                 keep_labels=True, shuffle=False, unit=unit)
+    data = encrypt_splits(cfg, splits, backend=cfg.backend)
+    (xtr, ytr), (xva, yva), (xte, yte) = data.train_plain, data.val_plain, data.test_plain
+    client, train, val, c, d = data.owner, data.train, data.val, data.classes, data.features
+    secret = client.secret
     torch.manual_seed(cfg.seed)
     model = Linear(d, c, init=cfg.init)
     init_packed = model.packed_plain().clone()
@@ -142,6 +136,37 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     report = RunReport(cfg, enc_acc, plain_acc, enc, plain, client.best_epoch, setup, client.history)
     report.model, report.client = model, client
     return report
+
+
+@dataclass
+class EncryptedSplits:
+    """The client side of a HETAL run: the key owner, the encrypted train / validation sets, and the
+    normalised plaintext splits it keeps."""
+
+    owner: KeyOwner
+    train: Any
+    val: Any
+    train_plain: tuple[torch.Tensor, torch.Tensor]
+    val_plain: tuple[torch.Tensor, torch.Tensor]
+    test_plain: tuple[torch.Tensor, torch.Tensor]
+    features: int
+    classes: int
+
+
+def encrypt_splits(cfg: HetalConfig, splits: Any, *, backend: str = "seal",
+                   secret: SecretContext | None = None) -> EncryptedSplits:
+    """Normalise the features, make keys (unless given) for the unit ``choose_unit`` picks, and encrypt
+    the training and validation sets (the validation labels stay with the key owner)."""
+    (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
+    xtr, xva, xte = normalise(xtr, xva, xte)
+    c, d = splits.num_classes, xtr.shape[1]
+    unit = choose_unit(cfg.batch_size, d + 1, c, cfg.preset)
+    secret = secret or SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c), backend=backend)
+    owner = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
+    train = owner.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed, unit=unit)
+    val = owner.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
+                                keep_labels=True, shuffle=False, unit=unit)
+    return EncryptedSplits(owner, train, val, (xtr, ytr), (xva, yva), (xte, yte), d, c)
 
 
 class _Limited:
