@@ -38,7 +38,7 @@ def _needs(*modules: str) -> pytest.MarkDecorator:
 NOTEBOOKS = {
     "01_encrypted_tensors.ipynb": [],  # ~15 s: SEAL "test" keys
     "02_autograd_and_optimizers.ipynb": [],  # ~40-60 s: SEAL "fast" keys, 5 training steps
-    "03_hetal_finetuning.ipynb": [pytest.mark.slow, _needs("matplotlib", "sklearn")],  # ~2.5 min: HETAL on SEAL
+    "03_hetal_finetuning.ipynb": [pytest.mark.slow, _needs("matplotlib", "sklearn")],  # ~1.5 min: HETAL on SEAL
     "04_client_server.ipynb": [_needs("websockets")],  # ~20 s: server subprocess, plaintext backend
     "05_under_the_hood.ipynb": [_needs("matplotlib")],  # ~15 s: plaintext backend and numpy
 }
