@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -83,27 +83,6 @@ QUICK = Config(preset="test", series={"batch": [(b, 33, 4) for b in (32, 64, 128
 
 
 # --- op counts by level ---------------------------------------------------------------------------------
-_hooked = False
-
-
-@contextlib.contextmanager
-def level_counts() -> Iterator[dict]:
-    """``train_step.count_by_level``, with its Evaluator hooks installed once per process (where the
-    counters do not split by level themselves, the hooks do)."""
-    global _hooked
-    if not _hooked:
-        getattr(ts, "_install_level_hooks", lambda: None)()
-        _hooked = True
-    with ts.count_by_level() as table:
-        yield table
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished child processes."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 def totals(by_level: dict) -> dict[str, int]:
     """Counts summed over levels, by op name."""
     out: dict[str, int] = {}
@@ -146,10 +125,10 @@ def make_step(shape: Shape, preset: str, backend: str) -> StepSetup:
 
 def run_step(setup: StepSetup) -> dict[str, Any]:
     """One (first) training step: wall and CPU seconds, its records and its op counts by level."""
-    cpu = cpu_seconds()
-    with level_counts() as by_level:
+    cpu = ts.cpu_seconds()
+    with ts.count_by_level() as by_level:
         rec = setup.trainer.train_step(setup.x, setup.y, 0, 0)
-    return {"wall": rec.seconds, "cpu": cpu_seconds() - cpu, "breakdown": rec.breakdown,
+    return {"wall": rec.seconds, "cpu": ts.cpu_seconds() - cpu, "breakdown": rec.breakdown,
             "by_level": by_level, "weight_level": rec.weight_level}
 
 

@@ -58,11 +58,6 @@ SHOWN = ["rotations", "conjugations", "ct_ct_mults", "ct_pt_mults", "rescales", 
 HETAL_GPU = "4.29–15.72 s (range over datasets); MNIST (1024, 769, 10) ≈ 9.46 s derived (3442 s / 364 steps)"
 
 # --- op counts split by level ------------------------------------------------------------------------
-def _install_level_hooks() -> None:
-    """Kept for callers of the old API: the package now splits every count by level itself
-    (``OpCounts.by_level``), also for ops run in worker processes."""
-
-
 @contextlib.contextmanager
 def count_by_level() -> Iterator[dict]:
     """(op, operand level) → count for the block; a refresh's own re-encryption is charged to the
@@ -317,7 +312,6 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(render(results, args, sum(r.get("seconds", 0.0) for r in results), skipped))
         print(args.out.read_text())
         return
-    _install_level_hooks()
     t0 = time.perf_counter()
     results, skipped = [], []
     for spec in args.shapes:

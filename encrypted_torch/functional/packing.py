@@ -93,9 +93,3 @@ def unpack(ev: Evaluator, packed: Sequence[Cipher], layout: BlockLayout, op: str
         out.append(x)
     return out
 
-
-def packing_steps(unit: tuple[int, int], c_pad: int) -> list[int]:
-    """Rotations ``unpack`` uses: tile q → 0 (q·c_pad, composed of c_pad·2^e) and the spread −c_pad·2^e."""
-    s1 = unit[1]
-    steps = [(c_pad << e) for e in range((s1 // c_pad).bit_length() - 1)]
-    return steps + [-s for s in steps]

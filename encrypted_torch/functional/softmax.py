@@ -24,6 +24,7 @@ from .. import parallel
 from ..approx.softmax import SoftmaxConfig
 from ..ckks.evaluator import Cipher, Evaluator
 from ..errors import DomainError, ShapeError
+from ..linalg.steps import softmax_steps
 from ..refresh import ensure_levels
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
@@ -38,16 +39,9 @@ __all__ = ["RefreshPolicy", "SoftmaxConfig", "run_softmax", "softmax", "softmax_
 
 
 def softmax_rotation_steps(unit: tuple[int, int], c_pad: int) -> list[int]:
-    """The rotations the softmax uses: ±2^l (l < log2 c_pad: tournament, row sum, spreads) and
-    −c_pad (row-sum repair). Pass them to ``SecretContext.create(rotations=...)``."""
-    slots = unit[0] * unit[1]
-    steps = [s for k in range(c_pad.bit_length() - 1) for s in (1 << k, -(1 << k))] + [-c_pad]
-    steps += packing.packing_steps(unit, c_pad)
-    seen: dict[int, int] = {}
-    for s in steps:
-        if s % slots:
-            seen.setdefault(s % slots, s)
-    return sorted(seen.values())
+    """The rotations the softmax uses (``linalg.steps.softmax_steps``). Pass them to
+    ``SecretContext.create(rotations=...)``."""
+    return softmax_steps(unit, c_pad)
 
 
 @dataclass(frozen=True)

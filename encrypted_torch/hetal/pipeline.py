@@ -94,11 +94,9 @@ def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
 
 def rotation_steps(unit: tuple[int, int], num_classes: int) -> list[int]:
     """Every rotation a training step needs: the matrix products' and the softmax's."""
-    from ..functional import softmax_rotation_steps
     from ..linalg.steps import hetal_rotation_steps
 
-    c_pad = next_pow2(num_classes)
-    return sorted(set(hetal_rotation_steps(unit, c_pad)) | set(softmax_rotation_steps(unit, c_pad)))
+    return hetal_rotation_steps(unit, next_pow2(num_classes))
 
 
 def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunReport:

@@ -52,11 +52,13 @@ def diag_atb_steps(unit: tuple[int, int], c_pad: int, variant: str | None = None
 
 
 def softmax_steps(unit: tuple[int, int], c_pad: int) -> list[int]:
-    """Row-local class rotations 2^l (l < log c_pad), the tile repair −c_pad (HETAL.md §3.6, §4), and
-    ±c_pad·2^l (l < log s1/c_pad) to unpack block rows that shared a ciphertext (functional/packing.py)."""
+    """Row-local class rotations ±2^l (l < log c_pad: tournament, row sum, spreads), the tile repair
+    −c_pad (HETAL.md §3.6, §4), and ±c_pad·2^l (l < log s1/c_pad) to unpack block rows that shared a
+    ciphertext (functional/packing.py)."""
     s0, s1 = unit
+    classes = [1 << e for e in range(_log2(c_pad))]
     tiles = [c_pad << e for e in range(_log2(s1 // c_pad))]
-    return _unique([1 << e for e in range(_log2(c_pad))] + [-c_pad] + tiles + [-t for t in tiles], s0 * s1)
+    return _unique([s for k in classes for s in (k, -k)] + [-c_pad] + tiles + [-t for t in tiles], s0 * s1)
 
 
 def hetal_rotation_steps(unit: tuple[int, int], c_pad: int, *, imag: str = "const",
