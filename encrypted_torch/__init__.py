@@ -4,15 +4,18 @@ from .autograd import Function, no_grad
 from .ckks import PRESETS, CKKSParams, OpCounts, PublicContext, count_ops
 from .errors import (
     ContextMismatchError,
+    ContextNotLoadedError,
     DepthError,
     DomainError,
     EncTorchError,
+    GraphFreedError,
     KeyRoleError,
     MissingRotationKeyError,
     SerializationError,
     ShapeError,
 )
 from .refresh import Refresher, current_refresher, refresh_with
+from .serialization import load, load_context, save
 from .tensor import BlockLayout, EncTensor, encrypt, unit_shape
 
 __version__ = "0.1.0"
@@ -27,8 +30,9 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'encrypted_torch' has no attribute {name!r}")
 
 __all__ = [
-    "PRESETS", "BlockLayout", "CKKSParams", "ContextMismatchError", "DepthError", "DomainError",
-    "EncTensor", "EncTorchError", "Function", "KeyRoleError", "MissingRotationKeyError",
-    "OpCounts", "PublicContext", "Refresher", "SecretContext", "SerializationError", "ShapeError",
-    "count_ops", "current_refresher", "encrypt", "no_grad", "refresh_with", "unit_shape",
+    "PRESETS", "BlockLayout", "CKKSParams", "ContextMismatchError", "ContextNotLoadedError", "DepthError",
+    "DomainError", "EncTensor", "EncTorchError", "Function", "GraphFreedError", "KeyRoleError",
+    "MissingRotationKeyError", "OpCounts", "PublicContext", "Refresher", "SecretContext", "SerializationError",
+    "ShapeError", "count_ops", "current_refresher", "encrypt", "load", "load_context", "no_grad", "refresh_with",
+    "save", "unit_shape",
 ]

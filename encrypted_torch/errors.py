@@ -44,3 +44,11 @@ class SerializationError(EncTorchError, ValueError):
 
 class ContextMismatchError(EncTorchError):
     """Operands encrypted under different keys or parameters."""
+
+
+class ContextNotLoadedError(EncTorchError, LookupError):
+    """Unpickled ciphertexts whose public context is not loaded in this process."""
+
+
+class GraphFreedError(EncTorchError, RuntimeError):
+    """A second backward through a graph whose saved tensors were freed (torch's retain_graph rule)."""

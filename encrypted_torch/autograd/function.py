@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import GraphFreedError
 from ..profiling import section
 
 _state = threading.local()
@@ -31,14 +32,30 @@ def no_grad() -> Iterator[None]:
 
 
 class FunctionCtx:
-    """What ``forward`` leaves for ``backward``."""
+    """What ``forward`` leaves for ``backward``.
+
+    ``saved_tensors`` is freed after the backward pass that uses it, unless that pass was called
+    with ``retain_graph=True`` (torch's rule); reading it afterwards raises GraphFreedError.
+    """
 
     def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
         self.needs_input_grad = needs_input_grad
-        self.saved_tensors: tuple[Any, ...] = ()
+        self._saved: tuple[Any, ...] | None = ()
 
     def save_for_backward(self, *tensors: Any) -> None:
-        self.saved_tensors = tensors
+        self._saved = tensors
+
+    @property
+    def saved_tensors(self) -> tuple[Any, ...]:
+        if self._saved is None:
+            raise GraphFreedError(FREED)
+        return self._saved
+
+
+FREED = ("Trying to backward through the graph a second time (or directly access saved tensors "
+         "after they have already been freed). Saved intermediate values of the graph are freed "
+         "when you call .backward(). Specify retain_graph=True if you need to backward through "
+         "the graph a second time or if you need to access saved tensors after calling backward.")
 
 
 class Node:
@@ -46,6 +63,12 @@ class Node:
 
     def __init__(self, fn: type[Function], ctx: FunctionCtx, inputs: tuple[Any, ...]) -> None:
         self.fn, self.ctx, self.inputs = fn, ctx, inputs
+        self.released = False
+
+    def release(self) -> None:
+        """Free the saved tensors (ciphertexts); the node cannot run backward again."""
+        self.ctx._saved = None
+        self.released = True
 
     def __repr__(self) -> str:
         return f"<{self.fn.__name__}Backward>"
@@ -81,8 +104,14 @@ class Function:
         return out
 
 
-def backward(root: Any, grad: Any) -> None:
-    """Accumulate d(root)/d(leaf) into every leaf's ``.grad``, in reverse topological order."""
+def backward(root: Any, grad: Any, retain_graph: bool = False) -> None:
+    """Accumulate d(root)/d(leaf) into every leaf's ``.grad``, in reverse topological order.
+
+    All or nothing: the leaves' ``.grad`` change only once every node's backward has run. Unless
+    ``retain_graph``, every node of the graph is then released (its saved tensors freed), and a
+    second backward through any of them raises GraphFreedError before computing anything. Unlike
+    torch, this holds for nodes that saved nothing too: a doubled encrypted gradient would go unseen.
+    """
     order: list[Any] = []
     seen: set[int] = set()
 
@@ -97,13 +126,17 @@ def backward(root: Any, grad: Any) -> None:
         order.append(t)
 
     visit(root)
+    nodes = [t.grad_fn for t in order if t.grad_fn is not None]
+    if any(node.released for node in nodes):
+        raise GraphFreedError(FREED)
     grads: dict[int, Any] = {id(root): grad}
+    leaf_grads: list[tuple[Any, Any]] = []
     for t in reversed(order):
         g = grads.pop(id(t), None)
         if g is None:
             continue
         if t.grad_fn is None:
-            t.grad = g if t.grad is None else t.grad + g
+            leaf_grads.append((t, g))
             continue
         with no_grad(), section(t.grad_fn.fn.SECTION):
             in_grads = t.grad_fn.fn.backward(t.grad_fn.ctx, g)
@@ -113,3 +146,9 @@ def backward(root: Any, grad: Any) -> None:
             if ig is None or not getattr(inp, "requires_grad", False):
                 continue
             grads[id(inp)] = ig if id(inp) not in grads else grads[id(inp)] + ig
+    with no_grad():
+        for t, g in leaf_grads:
+            t.grad = g if t.grad is None else t.grad + g
+    if not retain_graph:
+        for node in nodes:
+            node.release()

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import KeyRoleError, SerializationError
-from . import serialize
+from . import registry, serialize
 from .evaluator import Cipher, Evaluator
 from .params import CKKSParams, get_params
 
@@ -28,6 +28,7 @@ class PublicContext:
         self.fingerprint = fingerprint
         self.evaluator = Evaluator(backend, fingerprint)
         self._raw_parts = raw_parts
+        registry.register(self)  # unpickled EncTensors find their keys here (ckks/registry.py)
 
     @property
     def slots(self) -> int:
@@ -58,6 +59,16 @@ class PublicContext:
                 f"slots={self.slots}, levels={self.top_level}, "
                 f"rotation_keys={len(self.rotation_steps)}, key={self.fingerprint[:8]})")
 
+    # --- pickling: public material only, so it is allowed; copies share the (immutable) keys ------
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_public, (self.to_bytes(),)
+
+    def __copy__(self) -> PublicContext:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PublicContext:
+        return self
+
     # --- bytes ---------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         return pack_public(self.params, self.backend_name, self.rotation_steps, self.fingerprint,
@@ -84,6 +95,11 @@ class PublicContext:
             raise SerializationError(f"malformed context metadata: {err}") from err
         parts = {k: v for k, v in sections.items() if k != "meta"}
         return build_public(params, backend_name, parts, steps, fingerprint)
+
+
+def _rebuild_public(data: bytes) -> PublicContext:
+    """Unpickle a PublicContext (allowlisted for torch.load(weights_only=True))."""
+    return PublicContext.from_bytes(data)
 
 
 def build_public(params: CKKSParams, backend_name: str, parts: dict[str, bytes],

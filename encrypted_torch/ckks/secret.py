@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ContextMismatchError, SerializationError
+from ..errors import ContextMismatchError, KeyRoleError, SerializationError
 from . import counters, serialize
 from .evaluator import Cipher
 from .galois import power_of_two_steps
@@ -115,6 +115,18 @@ class SecretContext:
                 out.append(ev.adopt_fresh(symmetric(values, self.params.scale), ev.top_level, self.params.scale))
             counters.record("refreshes", level=c.level)
         return out
+
+    # --- pickling: never implicitly, since the bytes would hold the secret key --------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise KeyRoleError("pickling a SecretContext would write the secret key wherever the pickle "
+                           "goes; save ctx.public() for the server, and, if you mean to keep the secret "
+                           "key, write secret.to_bytes() yourself (SecretContext.from_bytes reads it)")
+
+    def __copy__(self) -> SecretContext:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SecretContext:
+        return self
 
     # --- bytes ---------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:

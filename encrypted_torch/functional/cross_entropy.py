@@ -62,11 +62,12 @@ class CrossEntropyOutput:
     def item(self) -> float:
         return self.__float__()
 
-    def backward(self, gradient: float = 1.0) -> None:
-        """Accumulate d(loss)/d(logits) = gradient·(P − Y)/batch into the logits' ``.grad``."""
+    def backward(self, gradient: float = 1.0, retain_graph: bool | None = None) -> None:
+        """Accumulate d(loss)/d(logits) = gradient·(P − Y)/batch into the logits' ``.grad``
+        (a second call raises GraphFreedError unless the first passed ``retain_graph=True``)."""
         if self.grad_fn is None:
             raise RuntimeError("the logits do not require grad, so there is nothing to backpropagate to")
-        autograd.backward(self, float(gradient))
+        autograd.backward(self, float(gradient), retain_graph=bool(retain_graph))
 
     # --- the key owner's side -------------------------------------------------------------------------
     def probabilities(self, secret_ctx: Any) -> torch.Tensor:

@@ -62,7 +62,7 @@ class Module:
 
     # --- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, EncTensor]:
-        """Encrypted parameters by name (serialize each with ``to_bytes``)."""
+        """Encrypted parameters by name: ``torch.save`` it, or ``encrypted_torch.save`` (atomic)."""
         return OrderedDict((name, p.detach()) for name, p in self.named_parameters())
 
     def load_state_dict(self, state: dict[str, EncTensor]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ShapeError
+from ..errors import ContextMismatchError, ShapeError
 from ..nn.parameter import Parameter
 from ..tensor.enctensor import EncTensor
 
@@ -45,7 +45,10 @@ class EncOptimizer:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Hyperparameters, step counters and encrypted buffers, keyed by parameter index."""
+        """Hyperparameters, step counters and encrypted buffers, keyed by parameter index.
+
+        Save it with ``torch.save`` or, atomically, ``encrypted_torch.save`` (docs/internals.md).
+        """
         index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         state = {index[p]: dict(s) for p, s in self.state.items()}
         groups = [{k: v for k, v in g.items() if k != "params"} | {"params": [index[p] for p in g["params"]]}
@@ -60,7 +63,11 @@ class EncOptimizer:
             g.update({k: v for k, v in saved.items() if k != "params"})
         self.state = {}
         for i, s in sd["state"].items():
+            p = params[int(i)]
             for v in s.values():
-                if isinstance(v, EncTensor) and v.layout != params[int(i)].layout:
+                if isinstance(v, EncTensor) and v.layout != p.layout:
                     raise ShapeError("an optimizer buffer does not match its parameter's layout")
-            self.state[params[int(i)]] = dict(s)
+                if isinstance(v, EncTensor) and v.ctx.fingerprint != p.ctx.fingerprint:
+                    raise ContextMismatchError("an optimizer buffer is encrypted under another key "
+                                               "than its parameter")
+            self.state[p] = dict(s)

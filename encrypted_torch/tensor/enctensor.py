@@ -6,6 +6,7 @@ it. Values never appear in its repr, and it refuses bool()/float().
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ..autograd import function as autograd
-from ..ckks import serialize
+from ..ckks import registry, serialize
 from ..ckks.evaluator import Cipher
 from ..ckks.public import PublicContext
 from ..errors import ContextMismatchError, KeyRoleError, SerializationError, ShapeError
@@ -171,14 +172,18 @@ class EncTensor:
         self.requires_grad = flag
         return self
 
-    def backward(self, gradient: EncTensor | None = None) -> None:
-        """Backpropagate ``gradient`` (an EncTensor of this shape) to the leaves' ``.grad``."""
+    def backward(self, gradient: EncTensor | None = None, retain_graph: bool | None = None) -> None:
+        """Backpropagate ``gradient`` (an EncTensor of this shape) to the leaves' ``.grad``.
+
+        As in torch, the graph's saved tensors are freed afterwards; a second backward through it
+        raises GraphFreedError unless the first one passed ``retain_graph=True``.
+        """
         if gradient is None:
             raise ShapeError("EncTensor.backward needs an explicit encrypted gradient; a scalar "
                              "loss seed is plaintext 1 only for (1, 1) tensors: pass it")
         if gradient.shape != self.shape:
             raise ShapeError(f"gradient of shape {tuple(gradient.shape)} for a {tuple(self.shape)} tensor")
-        autograd.backward(self, gradient)
+        autograd.backward(self, gradient, retain_graph=bool(retain_graph))
 
     def detach(self) -> EncTensor:
         return self._new(self._blocks)
@@ -204,6 +209,42 @@ class EncTensor:
             raise ContextMismatchError("this EncTensor was encrypted under another key")
         slots = np.stack([np.stack([secret.decrypt_vector(c).real for c in row]) for row in self._blocks])
         return torch.from_numpy(np.ascontiguousarray(self.layout.unpack(slots))).to(torch.float64)
+
+    # --- pickling and copies (torch.save, pickle, copy.deepcopy) ----------------------------------------
+    # A pickle holds to_bytes() and the context's fingerprint, never the context: unpickling finds
+    # the live PublicContext in ckks/registry.py. Like torch, it keeps requires_grad, not grad/grad_fn.
+    _subclasses: dict[str, type[EncTensor]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        EncTensor._subclasses[f"{cls.__module__}.{cls.__qualname__}"] = cls
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        data = self.to_bytes()
+        # Protocol 2 (torch.save's) pickles bytes as latin-1 text, up to 2x larger; a uint8 tensor
+        # becomes a raw record of torch's zip file instead.
+        payload: Any = data if isinstance(protocol, int) and protocol >= 3 else (
+            torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        kind = "" if type(self) is EncTensor else f"{type(self).__module__}.{type(self).__qualname__}"
+        return _rebuild_enc_tensor, (self.ctx.fingerprint, payload, self.requires_grad, kind)
+
+    def __copy__(self) -> EncTensor:
+        out = self.detach()
+        out.requires_grad = self.requires_grad
+        return out
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EncTensor:
+        """An independent copy (new ciphertexts, same context), a leaf like the original's data;
+        a leaf's ``.grad`` is copied too, as in torch."""
+        backend = self.ctx.backend
+        blocks = [[Cipher(backend.handle_from_bytes(backend.handle_to_bytes(c.handle)), c.level, c.scale,
+                          c.context_id, c.size) for c in row] for row in self._blocks]
+        out = EncTensor.__new__(type(self))
+        EncTensor.__init__(out, blocks, self.layout, self.ctx, requires_grad=self.requires_grad)
+        memo[id(self)] = out
+        if self.grad is not None and self.is_leaf:
+            out.grad = self.grad.__deepcopy__(memo)
+        return out
 
     # --- bytes -----------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -259,6 +300,34 @@ def _public(ctx: Any) -> PublicContext:
     if public is None:
         raise KeyRoleError(f"expected a PublicContext or SecretContext, got {type(ctx).__name__}")
     return public()
+
+
+def _rebuild_enc_tensor(fingerprint: str, payload: Any, requires_grad: bool, kind: str = "") -> EncTensor:
+    """Unpickle an EncTensor under the live context with ``fingerprint`` (allowlisted for
+    torch.load(weights_only=True): it only parses checksummed bytes)."""
+    ctx = registry.lookup(str(fingerprint))
+    if isinstance(payload, torch.Tensor):
+        if payload.dtype != torch.uint8 or payload.ndim != 1:
+            raise SerializationError(f"EncTensor payload of dtype {payload.dtype}, expected 1-D uint8")
+        data = payload.numpy().tobytes()
+    else:
+        data = bytes(payload)
+    out = EncTensor.from_bytes(data, ctx)
+    cls = EncTensor if not kind else _subclass(str(kind))
+    if cls is not EncTensor:
+        plain, out = out, EncTensor.__new__(cls)
+        EncTensor.__init__(out, plain.blocks, plain.layout, plain.ctx)
+    out.requires_grad = bool(requires_grad)
+    return out
+
+
+def _subclass(kind: str) -> type[EncTensor]:
+    if kind not in EncTensor._subclasses and kind.startswith("encrypted_torch."):
+        importlib.import_module(kind.rsplit(".", 1)[0])  # e.g. nn.parameter, not yet imported
+    cls = EncTensor._subclasses.get(kind)
+    if cls is None:
+        raise SerializationError(f"{kind!r} is not an EncTensor subclass")
+    return cls
 
 
 def encrypt(tensor: Any, ctx: Any, *, unit: tuple[int, int] | None = None, tiling: str = "grid",

@@ -1,0 +1,63 @@
+"""The live public contexts, by fingerprint: how an unpickled EncTensor finds its keys.
+
+This is the library's one piece of process-wide state for persistence. A pickled EncTensor
+carries its ciphertexts and its context's fingerprint, never the context (the evaluation keys are
+hundreds of MB, and the same for every tensor). Unpickling looks the fingerprint up here:
+
+* every ``PublicContext`` registers itself when it is built (``SecretContext.public()``,
+  ``PublicContext.from_bytes``, unpickling a context), weakly: the registry never keeps a context
+  alive, so a context the program dropped cannot be found;
+* ``with load_context(ctx):`` pins ``ctx`` (a PublicContext or the key owner's SecretContext) for
+  the block and looks it up first: the explicit form, for a context that exists only for the load.
+
+>>> with load_context(PublicContext.from_bytes(public_bytes)):   # doctest: +SKIP
+...     state = torch.load("model.pt")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import ContextNotLoadedError
+
+_live: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_pinned: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("encrypted_torch_pinned", default=())
+
+
+def register(ctx: Any) -> None:
+    """Make a PublicContext findable by its fingerprint while it is alive (called by its __init__)."""
+    _live[ctx.fingerprint] = ctx
+
+
+def lookup(fingerprint: str) -> Any:
+    """The live PublicContext with this fingerprint; ContextNotLoadedError if there is none."""
+    for ctx in reversed(_pinned.get()):
+        if ctx.fingerprint == fingerprint:
+            return ctx
+    ctx = _live.get(fingerprint)
+    if ctx is None:
+        raise ContextNotLoadedError(
+            f"no live context with key fingerprint {fingerprint[:8]}: load the public context "
+            "(PublicContext.from_bytes(...), or keep your SecretContext) before torch.load / "
+            "pickle.load, or load inside `with encrypted_torch.load_context(ctx):`")
+    return ctx
+
+
+@contextlib.contextmanager
+def load_context(ctx: Any) -> Iterator[Any]:
+    """Resolve unpickled EncTensors against ``ctx`` (a PublicContext, or a SecretContext's public())."""
+    from .public import PublicContext
+
+    public = ctx if isinstance(ctx, PublicContext) else getattr(ctx, "public", None)
+    if public is None:
+        raise TypeError(f"load_context takes a PublicContext or SecretContext, got {type(ctx).__name__}")
+    public = public if isinstance(public, PublicContext) else public()
+    token = _pinned.set((*_pinned.get(), public))
+    try:
+        yield public
+    finally:
+        _pinned.reset(token)
