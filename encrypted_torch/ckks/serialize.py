@@ -1,12 +1,15 @@
-"""Framing for everything we serialize: magic, kind, named sections, and a SHA-256 trailer.
+"""Framing for everything we serialize: magic, kind, named sections, and a SHA-256 trailer; strict JSON.
 
-The checksum catches truncation and bit flips before any byte reaches SEAL's loader.
+The checksum catches truncation and bit flips before any byte reaches SEAL's loader. Both
+decoders take bytes from strangers, so every failure is a SerializationError and every size
+is bounded before anything is buffered or recursed into.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from typing import Any
 
@@ -16,6 +19,10 @@ MAGIC = b"ETORCH"
 VERSION = 1
 _DIGEST = 32
 MAX_SECTIONS = 1 << 16
+_SECTION_OVERHEAD = 2 + 8  # a section's name length and payload length fields
+MAX_JSON_BYTES = 64 << 20
+MAX_JSON_DEPTH = 32
+_MAX_INT_DIGITS = 20  # every integer we write fits in 64 bits (RNG state words included)
 
 
 def pack(kind: str, sections: dict[str, bytes]) -> bytes:
@@ -50,19 +57,22 @@ def unpack(data: bytes, kind: str) -> dict[str, bytes]:
         found_kind, pos = _get(body, pos)
         (count,) = struct.unpack_from("<I", body, pos)
         pos += 4
-        if count > MAX_SECTIONS:
-            raise SerializationError(f"{count} sections is more than any valid object has")
+        if count > MAX_SECTIONS or count * _SECTION_OVERHEAD > len(body) - pos:
+            raise SerializationError(f"{count} sections do not fit in {len(body)} bytes")
         sections: dict[str, bytes] = {}
         for _ in range(count):
-            name, pos = _get(body, pos)
+            raw_name, pos = _get(body, pos)
             (length,) = struct.unpack_from("<Q", body, pos)
             pos += 8
-            if pos + length > len(body):
-                raise SerializationError("a section runs past the end of the bytes")
-            sections[name.decode()] = body[pos : pos + length]
+            if length > len(body) - pos:
+                raise SerializationError(f"a section of {length} bytes runs past the end of the bytes")
+            name = raw_name.decode()
+            if name in sections:
+                raise SerializationError(f"section {name[:40]!r} appears twice")
+            sections[name] = body[pos : pos + length]
             pos += length
     except (struct.error, UnicodeDecodeError) as err:
-        raise SerializationError(f"malformed framing: {err}") from err
+        raise SerializationError(f"malformed framing: {err}") from None
     if pos != len(body):
         raise SerializationError("trailing bytes after the last section")
     if found_kind.decode(errors="replace") != kind:
@@ -71,14 +81,76 @@ def unpack(data: bytes, kind: str) -> dict[str, bytes]:
 
 
 def dumps_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True).encode()
+    return json.dumps(obj, sort_keys=True, allow_nan=False).encode()
 
 
-def loads_json(data: bytes) -> Any:
+def loads_json(data: bytes | str, what: str = "metadata", *, max_bytes: int = MAX_JSON_BYTES,
+               max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON from a stranger: the one strict loader (``storage.jsonio.loads_strict`` is this).
+
+    Refuses more than ``max_bytes``, nesting deeper than ``max_depth``, integers beyond 64 bits,
+    NaN, ±Infinity and numbers that overflow to them, duplicate keys, and strings that are not
+    valid Unicode (lone surrogates); every failure is a SerializationError naming ``what``.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview, str)):
+        raise SerializationError(f"{what}: expected JSON bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise SerializationError(f"{what}: {len(data)} bytes of JSON is over the {max_bytes}-byte limit")
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise SerializationError(f"malformed metadata: {err}") from err
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        # The C parser counts its own recursion (RecursionError, caught below, past ~1000 levels);
+        # _check_tree then enforces the real bound without recursing, before any caller walks the tree.
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant,
+                         object_pairs_hook=_unique_keys)
+        _check_tree(obj, max_depth)
+    except SerializationError as err:
+        raise SerializationError(f"malformed {what}: {err}") from None
+    except RecursionError:
+        raise SerializationError(f"malformed {what}: nested deeper than {max_depth} levels") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and UnicodeEncodeError are ValueErrors
+        raise SerializationError(f"malformed {what}: {err}") from None
+    return obj
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_INT_DIGITS or not -(2**64) < (value := int(digits)) < 2**64:
+        raise SerializationError(f"integer {digits[:24]}… does not fit in 64 bits")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise SerializationError(f"number {text[:24]} is out of the float range")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise SerializationError(f"non-finite number {name}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise SerializationError("duplicate key in a JSON object")
+    return out
+
+
+def _check_tree(obj: Any, max_depth: int) -> None:
+    """Nesting depth, and strings that are valid Unicode: a lone surrogate (``"\\ud800"``) parses
+    but cannot be encoded, written to disk or logged later."""
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                item.encode("utf-8")  # UnicodeEncodeError is a ValueError
+        elif isinstance(item, (dict, list)):
+            if depth >= max_depth:
+                raise SerializationError(f"nested deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
 
 
 def require(sections: dict[str, bytes], *names: str) -> list[bytes]:

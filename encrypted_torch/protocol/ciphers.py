@@ -38,7 +38,7 @@ def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[C
     meta = loads_strict(meta_raw, "cipher list metadata")
     if not isinstance(meta, dict) or set(meta) != {"context", "ciphers"} or not isinstance(meta["ciphers"], list):
         raise ProtocolError("malformed cipher list metadata")
-    if meta["context"] != ctx.fingerprint:
+    if not isinstance(meta["context"], str) or meta["context"] != ctx.fingerprint:
         raise ContextMismatchError("ciphertexts encrypted under another key than this session's")
     info = meta["ciphers"]
     if expected is not None and len(info) != expected:
@@ -48,12 +48,7 @@ def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[C
     out = []
     level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows a ciphertext's level; plain slots do not
     for i, item in enumerate(info):
-        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[2]) is not int
-                or type(item[1]) not in (int, float)):
-            raise ProtocolError(f"ciphertext {i}: metadata must be [level, scale, size]")
-        level, scale, size = item[0], float(item[1]), item[2]
-        if not 0 <= level <= ctx.top_level or size not in (2, 3) or not 0 < scale < math.inf:
-            raise ProtocolError(f"ciphertext {i}: invalid level/scale/size {level, scale, size}")
+        level, scale, size = _cipher_info(item, i, ctx.top_level)
         (raw,) = serialize.require(sections, f"c{i}")
         handle = ctx.backend.handle_from_bytes(raw)
         if level_of is not None:
@@ -62,6 +57,20 @@ def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[C
                 raise ProtocolError(f"ciphertext {i}: level/scale/size {found}, recorded as {level, scale, size}")
         out.append(Cipher(handle, level, scale, ctx.fingerprint, size))
     return out
+
+
+def _cipher_info(item: Any, i: int, top_level: int) -> tuple[int, float, int]:
+    """A ciphertext's recorded [level, scale, size], checked before any float() or SEAL call."""
+    if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[2]) is not int
+            or type(item[1]) not in (int, float)):
+        raise ProtocolError(f"ciphertext {i}: metadata must be [level, scale, size]")
+    level, scale, size = item
+    if type(scale) is int and not 0 < scale < 2**63:  # float() of a huge int overflows
+        raise ProtocolError(f"ciphertext {i}: scale {scale} out of range")
+    scale = float(scale)
+    if not 0 <= level <= top_level or size not in (2, 3) or not 0 < scale < math.inf:
+        raise ProtocolError(f"ciphertext {i}: invalid level/scale/size {level, scale, size}")
+    return level, scale, size
 
 
 def encode_tensors(tensors: dict[str, EncTensor]) -> dict[str, bytes]:

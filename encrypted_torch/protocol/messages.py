@@ -132,12 +132,14 @@ def _scalar(v: Any, kind: str, where: str) -> Any:
     ok = {
         "int": type(v) is int and -(2**63) <= v < 2**63,
         "bool": type(v) is bool,
-        "float": type(v) in (int, float) and type(v) is not bool and math.isfinite(v),
+        # an int here is a float the sender wrote without a fraction; bound it before float() can overflow
+        "float": (type(v) is float and math.isfinite(v)) or (type(v) is int and -(2**63) <= v < 2**63),
         "str": isinstance(v, str) and len(v) <= MAX_TEXT,
         "dict": isinstance(v, dict),
     }[kind]
     if not ok:
-        raise ProtocolError(f"{where}: expected {kind}, got {type(v).__name__}")
+        shown = "an integer out of range" if type(v) is int else type(v).__name__
+        raise ProtocolError(f"{where}: expected {kind}, got {shown}")
     return float(v) if kind == "float" else v
 
 

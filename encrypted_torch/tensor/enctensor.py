@@ -258,32 +258,36 @@ class EncTensor:
 
     @classmethod
     def from_bytes(cls, data: bytes, ctx: Any) -> EncTensor:
-        """Load an EncTensor saved with ``to_bytes`` under the same keys."""
+        """Load an EncTensor saved with ``to_bytes`` under the same keys.
+
+        Bytes from a stranger: anything malformed is a SerializationError (ContextMismatchError
+        for another key), checked before SEAL sees a ciphertext.
+        """
         ctx = _public(ctx)
         sections = serialize.unpack(data, KIND)
         (meta_raw,) = serialize.require(sections, "meta")
-        meta = serialize.loads_json(meta_raw)
-        try:
-            shape, unit = tuple(meta["shape"]), tuple(meta["unit"])
-            if not all(type(v) is int for v in shape + unit):
-                raise TypeError(f"shape {shape} and unit {unit} must be integers")
-            layout = BlockLayout(shape, unit, str(meta["tiling"]))
-            info = [(int(lv), float(sc), int(sz)) for lv, sc, sz in meta["blocks"]]
-            fingerprint = str(meta["context"])
-        except (KeyError, TypeError, ValueError, OverflowError, ShapeError) as err:
-            raise SerializationError(f"malformed EncTensor metadata: {err}") from err
-        if fingerprint != ctx.fingerprint:
+        meta = serialize.loads_json(meta_raw, "EncTensor metadata")
+        if not isinstance(meta, dict) or set(meta) != {"shape", "unit", "tiling", "context", "blocks"}:
+            raise SerializationError("malformed EncTensor metadata: expected shape, unit, tiling, context, blocks")
+        shape, unit, tiling, blocks = meta["shape"], meta["unit"], meta["tiling"], meta["blocks"]
+        if not (_int_pair(shape) and _int_pair(unit) and isinstance(tiling, str) and isinstance(blocks, list)):
+            raise SerializationError("malformed EncTensor metadata: shape and unit must be integer pairs, "
+                                     "tiling a string, blocks a list")
+        if not isinstance(meta["context"], str) or meta["context"] != ctx.fingerprint:
             raise ContextMismatchError("these bytes were encrypted under another key than ctx's")
+        try:
+            layout = BlockLayout(tuple(shape), tuple(unit), tiling)
+        except ShapeError as err:
+            raise SerializationError(f"malformed EncTensor layout: {err}") from None
         n_a, n_b = layout.grid
-        if len(info) != n_a * n_b or layout.slots != ctx.slots:
+        if len(blocks) != n_a * n_b or layout.slots != ctx.slots or len(sections) != len(blocks) + 1:
             raise SerializationError("block count or unit shape does not match the layout/context")
+        level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows; plain slots do not
         flat = []
-        for k, (lv, sc, sz) in enumerate(info):
-            if not 0 <= lv <= ctx.top_level or sz not in (2, 3) or not 0 < sc < math.inf:
-                raise SerializationError(f"block {k}: invalid level/scale/size {lv, sc, sz}")
+        for k, item in enumerate(blocks):
+            lv, sc, sz = _block_info(item, k, ctx.top_level)
             (raw,) = serialize.require(sections, f"b{k}")
             handle = ctx.backend.handle_from_bytes(raw)
-            level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows; plain slots do not
             if level_of is not None:
                 found = (level_of(handle), ctx.backend.scale_of(handle), ctx.backend.size_of(handle))
                 if found != (lv, sc, sz):
@@ -291,6 +295,24 @@ class EncTensor:
                                              f"recorded as {lv, sc, sz}")
             flat.append(Cipher(handle, lv, sc, ctx.fingerprint, sz))
         return cls([flat[i : i + n_b] for i in range(0, len(flat), n_b)], layout, ctx)
+
+
+def _int_pair(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(type(x) is int and 0 < x < 2**62 for x in v)
+
+
+def _block_info(item: Any, k: int, top_level: int) -> tuple[int, float, int]:
+    """A block's recorded [level, scale, size], checked before float() or SEAL sees it."""
+    if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[2]) is not int
+            or type(item[1]) not in (int, float)):
+        raise SerializationError(f"block {k}: metadata must be [level, scale, size]")
+    lv, sc, sz = item
+    if type(sc) is int and not 0 < sc < 2**63:  # float() of a huge int overflows
+        raise SerializationError(f"block {k}: scale {sc} out of range")
+    sc = float(sc)
+    if not 0 <= lv <= top_level or sz not in (2, 3) or not 0 < sc < math.inf:
+        raise SerializationError(f"block {k}: invalid level/scale/size {lv, sc, sz}")
+    return lv, sc, sz
 
 
 def _public(ctx: Any) -> PublicContext:
