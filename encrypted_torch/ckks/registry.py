@@ -18,19 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ContextNotLoadedError
 
-_live: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+# Several live contexts may share a fingerprint (one unpickled, one from SecretContext.public()):
+# each is kept as a weak reference, so that one dying does not hide the others.
+_live: dict[str, list[weakref.ref[Any]]] = {}
+_lock = threading.Lock()
 _pinned: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("encrypted_torch_pinned", default=())
 
 
 def register(ctx: Any) -> None:
     """Make a PublicContext findable by its fingerprint while it is alive (called by its __init__)."""
-    _live[ctx.fingerprint] = ctx
+    with _lock:
+        for fingerprint in [f for f, refs in _live.items() if all(r() is None for r in refs)]:
+            del _live[fingerprint]
+        _live.setdefault(ctx.fingerprint, []).append(weakref.ref(ctx))
 
 
 def lookup(fingerprint: str) -> Any:
@@ -38,7 +45,9 @@ def lookup(fingerprint: str) -> Any:
     for ctx in reversed(_pinned.get()):
         if ctx.fingerprint == fingerprint:
             return ctx
-    ctx = _live.get(fingerprint)
+    with _lock:
+        alive = [c for c in (r() for r in _live.get(fingerprint, ())) if c is not None]
+    ctx = alive[-1] if alive else None
     if ctx is None:
         raise ContextNotLoadedError(
             f"no live context with key fingerprint {fingerprint[:8]}: load the public context "
