@@ -87,12 +87,11 @@ class PublicContext:
         if "secret_key" in sections:
             raise KeyRoleError("bytes contain a secret key; refusing to load them as a PublicContext")
         (meta_raw,) = serialize.require(sections, "meta")
-        meta = serialize.loads_json(meta_raw)
-        try:
-            params = _params_from_meta(meta["params"])
-            steps, backend_name, fingerprint = list(meta["steps"]), meta["backend"], meta["fingerprint"]
-        except (KeyError, TypeError, ValueError, OverflowError) as err:
-            raise SerializationError(f"malformed context metadata: {err}") from err
+        meta = serialize.loads_json(meta_raw, "public context metadata")
+        params, backend_name, steps = parse_context_meta(meta, {"fingerprint"})
+        fingerprint = meta["fingerprint"]
+        if not isinstance(fingerprint, str):
+            raise SerializationError("malformed context metadata: fingerprint must be a string")
         parts = {k: v for k, v in sections.items() if k != "meta"}
         return build_public(params, backend_name, parts, steps, fingerprint)
 
@@ -149,16 +148,41 @@ def _params_meta(p: CKKSParams) -> dict[str, Any]:
     return {"name": p.name, "n": p.poly_modulus_degree, "bits": list(p.coeff_bits), "scale_bits": p.scale_bits}
 
 
-def _params_from_meta(m: dict[str, Any]) -> CKKSParams:
-    params = CKKSParams(str(m["name"]), int(m["n"]), tuple(int(b) for b in m["bits"]), int(m["scale_bits"]))
+def parse_context_meta(meta: Any, extra: set[str]) -> tuple[CKKSParams, str, list[int]]:
+    """Parameters, backend and rotation steps from a context's metadata (bytes from a stranger):
+    every field's type and range is checked before SEAL sees it; SerializationError if not."""
+    if not isinstance(meta, dict) or set(meta) != {"backend", "params", "steps"} | extra:
+        raise SerializationError(f"malformed context metadata: expected the fields "
+                                 f"{sorted({'backend', 'params', 'steps'} | extra)}")
+    if meta["backend"] not in ("seal", "plain"):
+        raise SerializationError(f"unknown backend {str(meta['backend'])[:40]!r}")
+    params = _params_from_meta(meta["params"])
+    steps = meta["steps"]
+    if not isinstance(steps, list) or len(steps) > params.slots or not all(
+            type(s) is int and -params.slots < s < params.slots for s in steps):
+        raise SerializationError(f"malformed rotation steps: a list of at most {params.slots} integers "
+                                 f"in (-{params.slots}, {params.slots}) expected")
+    return params, meta["backend"], steps
+
+
+def _params_from_meta(m: Any) -> CKKSParams:
+    if not isinstance(m, dict) or set(m) != {"name", "n", "bits", "scale_bits"}:
+        raise SerializationError("malformed context parameters: expected name, n, bits, scale_bits")
+    name, n, bits, scale_bits = m["name"], m["n"], m["bits"], m["scale_bits"]
+    if not isinstance(name, str) or not 0 < len(name) <= 64:
+        raise SerializationError("malformed context parameters: name must be a string of 1-64 characters")
+    if type(n) is not int or n not in (4096, 8192, 16384, 32768):
+        raise SerializationError(f"unsupported ring degree {n!r}")
+    # SEAL's primes are at most 60 bits, and no 128-bit-secure chain at N <= 32768 has more than 64 of them
+    if (not isinstance(bits, list) or not 2 <= len(bits) <= 64
+            or not all(type(b) is int and 1 <= b <= 60 for b in bits)):
+        raise SerializationError(f"unsupported modulus chain {str(bits)[:80]}")
+    if type(scale_bits) is not int or not 0 < scale_bits < 61:
+        raise SerializationError(f"unsupported scale 2^{str(scale_bits)[:20]}")
+    params = CKKSParams(name, n, tuple(bits), scale_bits)
     known = get_params(params.name) if params.name in ("test", "fast", "deep") else None
     if known is not None and known != params:
         raise SerializationError(f"parameters named {params.name!r} differ from that preset")
-    if params.poly_modulus_degree not in (4096, 8192, 16384, 32768) or len(params.coeff_bits) < 2:
-        raise SerializationError(f"unsupported ring degree {params.poly_modulus_degree} "
-                                 f"or modulus chain {params.coeff_bits}")
-    if not 0 < params.scale_bits < 61:
-        raise SerializationError(f"unsupported scale 2^{params.scale_bits}")
     return params
 
 

@@ -13,7 +13,7 @@ from . import counters, serialize
 from .evaluator import Cipher
 from .galois import power_of_two_steps
 from .params import CKKSParams, get_params
-from .public import PublicContext, _params_from_meta, _params_meta, key_fingerprint, pack_public
+from .public import PublicContext, _params_meta, key_fingerprint, pack_public, parse_context_meta
 
 KIND = "secret_context"
 
@@ -138,12 +138,8 @@ class SecretContext:
     def from_bytes(cls, data: bytes) -> SecretContext:
         sections = serialize.unpack(data, KIND)
         meta_raw, sk = serialize.require(sections, "meta", "secret_key")
-        meta = serialize.loads_json(meta_raw)
-        try:
-            params = _params_from_meta(meta["params"])
-            backend, steps = meta["backend"], [int(s) for s in meta["steps"]]
-        except (KeyError, TypeError, ValueError, OverflowError) as err:
-            raise SerializationError(f"malformed context metadata: {err}") from err
+        meta = serialize.loads_json(meta_raw, "secret context metadata")
+        params, backend, steps = parse_context_meta(meta, set())
         parts = {k: v for k, v in sections.items() if k not in ("meta", "secret_key")}
         if backend == "seal":
             from .seal_backend import SealKeyOwner
@@ -152,12 +148,10 @@ class SecretContext:
                 owner: Any = SealKeyOwner(params, secret_key_bytes=sk)
             except SerializationError:
                 raise
-            except (ValueError, RuntimeError) as err:  # SEAL rejects the parameters
+            except (ValueError, RuntimeError, TypeError) as err:  # SEAL rejects the parameters
                 raise SerializationError(f"cannot build a seal context from these parameters: {err}") from err
-        elif backend == "plain":
-            owner = _PlainKeyOwner(sk)
         else:
-            raise SerializationError(f"unknown backend {backend!r}")
+            owner = _PlainKeyOwner(sk)
         ctx = cls(params, backend, owner, parts, steps)
         ctx._check_key_pair()  # also validates the public parts now, not at first use
         return ctx
