@@ -106,9 +106,10 @@ def test_honest_runs_stay_within_every_stage_bound(plain_ctx, plain_fast, case):
     name, x, fresh, prescaled, packed, training, preset = case
     ctx = plain_ctx if preset == "test" else plain_fast
     cfg, c = CONFIGS[name], x.shape[1]
-    bounds = stage_bounds(cfg, c, input_scale=cfg.normalizer if prescaled else 1.0, params=ctx.params)
-    recorder = Recorder(ctx, bounds)
     labels = np.arange(x.shape[0]) % c if training else None
+    bounds = stage_bounds(cfg, c, input_scale=cfg.normalizer if prescaled else 1.0,
+                          output_scale=1 / x.shape[0] if training else 1.0, params=ctx.params)
+    recorder = Recorder(ctx, bounds)
     _run(ctx, x, cfg, recorder, level=ctx.params.levels if fresh else 0, prescaled=prescaled, packed=packed,
          labels=labels)
     assert recorder.peaks and "" not in recorder.peaks  # ensure_levels names every stage
@@ -143,7 +144,7 @@ def test_logits_past_the_domain_fail_at_the_logits_stage(plain_ctx, monkeypatch,
     with pytest.raises(et.DomainError) as err:
         _run(plain_ctx, x, cfg, recorder, level=0, prescaled=prescaled, packed=False)
     failed = list(recorder.peaks)[-1]
-    assert bounds.stages[failed].logit_unit is not None  # the first refresh, which holds the logits
+    assert failed in bounds.logit_stages  # the first refresh, which holds the logits
     message = str(err.value)
     assert failed in message and f"domain_radius={radius}" in message and "learning rate" in message
     assert f"{logit:.4g}" in message
@@ -167,7 +168,7 @@ def test_check_rules():
     with pytest.raises(et.DomainError, match="non-finite"):
         b.check("softmax row sum", np.array([0.1, np.nan]))
     with pytest.raises(et.DomainError, match="non-finite"):
-        b.check("DiagABT (x @ w.T)", np.array([np.inf]))
+        b.check("DiagABT (x @ w.T)", np.array([np.inf, 1.0]), valid=np.array([False, True]))
     b.check("refresh", np.array([200.0, -255.0]))  # not a softmax stage: CKKS's room at level 0
     with pytest.raises(et.DomainError, match="refresh: a value of magnitude 300"):
         b.check("refresh", np.array([300.0]))

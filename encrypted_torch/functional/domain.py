@@ -63,18 +63,26 @@ class StageBounds:
     stages: dict[str, Bound] = field(default_factory=dict)
     generic: float = field(default_factory=representable_bound)
 
+    @property
+    def logit_stages(self) -> frozenset[str]:
+        """The stages that carry the (scaled) logits themselves: the first refreshes of the input."""
+        return frozenset(s for s, b in self.stages.items() if b.logit_unit is not None)
+
     def bound(self, stage: str) -> float:
         b = self.stages.get(stage)
         return self.generic if b is None else b.limit
 
     def check(self, stage: str, values: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Raise DomainError if a (decrypted) value of ``stage`` is non-finite or beyond its bound."""
+        """Raise DomainError if a (decrypted) value of ``stage`` is non-finite or beyond its bound
+        (``valid``: a mask of the slots to bound; non-finite values fail in any slot)."""
         v = np.asarray(values)
+        if not np.all(np.isfinite(v)):  # in any slot, masked or not: nothing honest produces them
+            raise DomainError(self._message(stage, math.inf, self.bound(stage)))
         if valid is not None:
             v = v[np.broadcast_to(np.asarray(valid, dtype=bool), v.shape)]
         if v.size == 0:
             return
-        peak = float(np.max(np.abs(v))) if np.all(np.isfinite(v)) else math.inf
+        peak = float(np.max(np.abs(v)))
         limit = self.bound(stage)
         if peak <= limit:
             return
@@ -114,7 +122,9 @@ def stage_bounds(config: SoftmaxConfig, classes: int, input_scale: float = 1.0, 
                  params: CKKSParams | str | None = None) -> StageBounds:
     """Every stage ``softmax``/``cross_entropy`` (forward and backward) may refresh with ``config`` on
     ``classes`` classes, with the largest |value| it holds when the logits (``input_scale``·x in the
-    ciphertexts) lie in [−Rmax, Rmax], and the probabilities come out as ``output_scale``·P.
+    ciphertexts) lie in [−Rmax, Rmax], and the probabilities come out as ``output_scale``·P
+    (``cross_entropy``: 1/batch for ``reduction="mean"``; 1 is a looser bound that holds for both).
+    ``params``: the CKKS parameters, for the generic bound of other stages (None: the smallest preset's).
 
     Derivation (normalized units u = x/(2·Rmax) ∈ [−½, ½]; docs/softmax.md §1–2): the max≈ is a convex
     combination (comp ∈ [0, 1]), so it stays in [−½, ½] and falls at most rounds·δ short, hence
