@@ -29,6 +29,7 @@ M = TypeVar("M", bound=Message)
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 DEFAULT_CHUNK_BYTES = 8 << 20
 CLOSE_POLICY, CLOSE_TOO_BIG = 1008, 1009
+PREAUTH_MAX_BYTES = 1 << 16  # hellos are small: a stranger's frame is refused past this, before it is buffered
 
 
 class Channel:
@@ -146,7 +147,7 @@ def _lost(err: BaseException) -> EncTorchError:
 def server_handshake(ws: Any, token: bytes, max_message_bytes: int, chunk_bytes: int,
                      timeout: float) -> tuple[Channel, ClientHello]:
     """Server side, up to (not including) the Welcome: returns a sealed channel and the hello."""
-    channel = Channel(ws, max_message_bytes=min(max_message_bytes, 1 << 16))  # hellos are small
+    channel = Channel(ws, max_message_bytes=min(max_message_bytes, PREAUTH_MAX_BYTES))
     server_nonce = os.urandom(NONCE_BYTES)
     channel.send(ServerHello(PROTOCOL_VERSION, server_nonce, max_message_bytes, chunk_bytes))
     hello = channel.expect(ClientHello, timeout)
@@ -158,13 +159,25 @@ def server_handshake(ws: Any, token: bytes, max_message_bytes: int, chunk_bytes:
     channel.sealer = auth.Sealer(send_key=s2c, recv_key=c2s)
     channel.max_message_bytes = channel.peer_max_message_bytes = max_message_bytes
     channel.handshaking = False
+    raise_frame_limit(ws, max_message_bytes + auth.HEADER_BYTES)
     return channel, hello
+
+
+def raise_frame_limit(ws: Any, max_bytes: int) -> None:
+    """Let an authenticated peer send messages up to ``max_bytes`` (the server listens with PREAUTH_MAX_BYTES).
+
+    websockets reads ``max_message_size`` when the next frame starts; the client sends nothing
+    between its hello and our Welcome, so the new limit applies from its first request on.
+    """
+    protocol = getattr(ws, "protocol", None)
+    if protocol is not None and hasattr(protocol, "max_message_size"):
+        protocol.max_message_size = max_bytes
 
 
 def client_handshake(ws: Any, token: bytes, session_id: str, fingerprint: str, max_message_bytes: int,
                      timeout: float) -> tuple[Channel, Welcome, ServerHello]:
     """Client side: authenticate, and check that the server holds the token (its sealed Welcome)."""
-    channel = Channel(ws, max_message_bytes=min(max_message_bytes, 1 << 16))
+    channel = Channel(ws, max_message_bytes=min(max_message_bytes, PREAUTH_MAX_BYTES))
     server_hello = channel.expect(ServerHello, timeout)
     if server_hello.version != PROTOCOL_VERSION:
         raise ProtocolError(f"server speaks protocol version {server_hello.version}, we {PROTOCOL_VERSION}")

@@ -43,20 +43,40 @@ class RemoteError(EncTorchError):
         Exception.__init__(self, f"the peer reported {kind}: {message}")  # bases' __init__ differ
 
 
-_REMOTE_CLASSES: dict[str, type[RemoteError]] = {}
+_REMOTE_CLASSES: dict[str, type[RemoteError]] = {}  # only names of our own error classes: a bounded set
 
 
 def remote_error(kind: str, message: str) -> RemoteError:
-    """A RemoteError that is also an instance of the encrypted_torch error class named ``kind``."""
+    """A RemoteError that is also an instance of the encrypted_torch error class named ``kind``.
+
+    ``kind`` comes from the peer: a name that is not one of our error classes gives a plain
+    RemoteError and is not remembered, so a peer cannot grow this module's cache.
+    """
+    cls = _REMOTE_CLASSES.get(kind)
+    if cls is None:
+        base = _local_error_class(kind)
+        if base is None:
+            return RemoteError(kind if kind.isidentifier() and len(kind) <= 64 else "UnknownError", message)
+        cls = _REMOTE_CLASSES.setdefault(kind, type(f"Remote{kind}", (RemoteError, base), {}))
+    return cls(kind, message)
+
+
+def _local_error_class(kind: str) -> type[EncTorchError] | None:
     from .. import errors
     from ..storage import errors as storage_errors
 
-    if kind not in _REMOTE_CLASSES:
-        base = None
-        for module in (errors, storage_errors, sys.modules[__name__]):
-            candidate = getattr(module, kind, None)
-            if isinstance(candidate, type) and issubclass(candidate, EncTorchError) and candidate is not RemoteError:
-                base = candidate
-                break
-        _REMOTE_CLASSES[kind] = type(f"Remote{kind}", (RemoteError, base), {}) if base else RemoteError
-    return _REMOTE_CLASSES[kind](kind, message)
+    if not kind.isidentifier():
+        return None
+    for module in (errors, storage_errors, sys.modules[__name__]):
+        candidate = getattr(module, kind, None)
+        if isinstance(candidate, type) and issubclass(candidate, EncTorchError) and candidate is not RemoteError:
+            return candidate
+    return None
+
+
+def peer_text(text: object, limit: int = 300) -> str:
+    """Text a peer chose, made safe for one log line: control and invisible characters escaped, length capped."""
+    raw = str(text)
+    cut = raw[:limit]
+    safe = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in cut)
+    return safe + (f"… ({len(raw)} chars)" if len(raw) > limit else "")

@@ -13,21 +13,20 @@ encrypted model, optimizer state and checkpoints. Its directory::
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import logging
 import os
 import secrets
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..ckks import serialize
 from ..ckks.public import PublicContext
-from ..errors import EncTorchError, KeyRoleError
+from ..errors import EncTorchError
 from ..protocol.channel import Channel
 from ..protocol.ciphers import decode_tensors, encode_tensors
 from ..protocol.errors import ProtocolError, SessionError
@@ -47,58 +46,69 @@ from ..protocol.messages import (
 )
 from ..storage.atomic import atomic_write_json, fsync_dir, tmp_path_for
 from ..storage.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
-from ..storage.dataset import MANIFEST, FileEntry, Manifest, StreamingLoader, open_dataset
-from ..storage.errors import CheckpointError, ChecksumError, ManifestError
+from ..storage.dataset import MANIFEST, FileEntry, Manifest, StreamingLoader, open_dataset, read_manifest, verify_files
+from ..storage.errors import CheckpointError, ChecksumError, ManifestError, MissingFileError
 from ..storage.jsonio import loads_strict
 from ..training.trainer import Trainer
 from .job import Builder, validate_job
+from .limits import (
+    ContextCache,
+    Limits,
+    check_context_upload,
+    check_manifest_sizes,
+    cipher_bytes,
+    dir_bytes,
+    quota_error,
+)
 from .link import NetworkKeyOwner, ProgressReporter, Superseded
 
 ROLES = ("train", "val")
-
-
-@dataclass
-class Limits:
-    """Timeouts and sizes a session enforces on its client."""
-
-    idle_timeout: float = 600.0
-    reply_timeout: float = 600.0
-    attach_timeout: float = 120.0
-    max_file_bytes: int = 1 << 40
+log = logging.getLogger("encrypted_torch.server")
+_DATA_ERRORS = (ChecksumError, MissingFileError, ManifestError)
 
 
 class Session:
-    """A client's session; one connection at a time drives it (``attach``/``detach``)."""
+    """A client's session; one connection at a time drives it (``attach``/``detach``).
 
-    def __init__(self, directory: Path, record: dict[str, Any], limits: Limits, builders: dict[str, Builder]):
+    ``contexts`` is the server's cache of detached sessions' keys and ``total_bytes`` what all its
+    sessions store on disk (for the quota); a session on its own gets a private cache.
+    """
+
+    def __init__(self, directory: Path, record: dict[str, Any], limits: Limits, builders: dict[str, Builder],
+                 contexts: ContextCache | None = None, total_bytes: Callable[[], int] | None = None):
         self.dir, self.record, self.limits, self.builders = directory, record, limits, builders
         self.id = directory.name
         self.generation = 0
+        self.contexts = contexts if contexts is not None else ContextCache(limits.max_loaded_contexts)
+        self._total_bytes = total_bytes
+        self.disk_bytes = dir_bytes(directory)
         self._lock = threading.Lock()
         self._gen_lock = threading.Lock()
         self._channel: Channel | None = None
         self._ctx: PublicContext | None = None
+        self._cipher_bytes: int | None = None
         self._pending: dict[str, tuple[Manifest, set[str]]] = {}
+        self._verified: set[str] = set()  # datasets whose every checksum this process has seen match
 
     @classmethod
-    def create(cls, root: Path, limits: Limits, builders: dict[str, Builder]) -> Session:
+    def create(cls, root: Path, limits: Limits, builders: dict[str, Builder], **shared: Any) -> Session:
         """A new session with a random 128-bit id and its own directory (mode 0700)."""
         sid = secrets.token_hex(16)
         directory = root / sid
         directory.mkdir(mode=0o700)
         session = cls(directory, {"id": sid, "created": time.time(), "stage": "upload", "fingerprint": None,
-                                  "checkpoint": None, "summary": None}, limits, builders)
+                                  "checkpoint": None, "summary": None}, limits, builders, **shared)
         session._save_record()
         return session
 
     @classmethod
-    def load(cls, directory: Path, limits: Limits, builders: dict[str, Builder]) -> Session:
+    def load(cls, directory: Path, limits: Limits, builders: dict[str, Builder], **shared: Any) -> Session:
         """A session from its directory (server restart with --resume)."""
         record = loads_strict((directory / "session.json").read_bytes(), "session record")
         if not isinstance(record, dict) or record.get("id") != directory.name or record.get("stage") not in (
                 "upload", "training", "done"):
             raise SessionError(f"{directory}: not a session directory")
-        return cls(directory, record, limits, builders)
+        return cls(directory, record, limits, builders, **shared)
 
     def _save_record(self) -> None:
         atomic_write_json(self.dir / "session.json", self.record, mode=0o600)
@@ -108,11 +118,24 @@ class Session:
         return self.record["fingerprint"]
 
     def context(self) -> PublicContext:
+        """The session's keys: kept while a connection is attached, parked in the server's cache after."""
         if self._ctx is None:
             if self.fingerprint is None:
                 raise SessionError("upload the public context first")
-            self._ctx = PublicContext.from_bytes((self.dir / "public_context.et").read_bytes())
+            ctx = self.contexts.take(self.id)
+            if ctx is None:
+                ctx = PublicContext.from_bytes((self.dir / "public_context.et").read_bytes())
+            if ctx.backend_name == "plain" and not self.limits.allow_plain:
+                raise SessionError("this session holds a plain-backend (unencrypted) context, which this server "
+                                   "refuses; restart it with --allow-plain-backend to serve it")
+            self._ctx = ctx
         return self._ctx
+
+    def _unload(self) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None and self.contexts.park(self.id, ctx):
+            del ctx
+            gc.collect()  # evaluators and tensors form cycles: free the dropped keys (GBs) now, not later
 
     def status(self) -> dict[str, Any]:
         """What the Welcome tells the client: stage, uploaded parts, last checkpoint, summary."""
@@ -133,11 +156,49 @@ class Session:
         if not self._lock.acquire(timeout=self.limits.attach_timeout):
             raise SessionError(f"session {self.id[:8]} is still busy with an older connection")
         self._channel = channel
+        try:
+            self.check_data()
+        except BaseException:
+            self.detach()
+            raise
         return generation
 
     def detach(self) -> None:
         self._channel = None
-        self._lock.release()
+        self._pending.clear()
+        try:
+            self._unload()
+        finally:
+            self._lock.release()
+
+    def check_data(self) -> None:
+        """Verify every stored dataset's checksums once per server process (before the Welcome reports them).
+
+        A damaged dataset is moved aside (``data/<role>.damaged``): the Welcome then reports it
+        missing and the client uploads it again; training continues from its checkpoint after.
+        """
+        if self.record["stage"] == "done":
+            return
+        for role in ROLES:
+            directory = self.dir / "data" / role
+            if role in self._verified or not (directory / MANIFEST).exists():
+                continue
+            try:
+                verify_files(directory)
+            except _DATA_ERRORS as err:
+                self._quarantine(role, err)
+                continue
+            self._verified.add(role)
+
+    def _quarantine(self, role: str, err: BaseException) -> None:
+        directory = self.dir / "data" / role
+        damaged = directory.with_name(f"{role}.damaged")
+        log.error("session %s: dataset %s is damaged (%s); moved to %s for a re-upload",
+                  self.id[:8], role, err, damaged.name)
+        shutil.rmtree(damaged, ignore_errors=True)
+        os.replace(directory, damaged)
+        fsync_dir(damaged.parent)
+        self._verified.discard(role)
 
     def serve(self, channel: Channel, generation: int) -> None:
         """Answer the client's requests until it says Bye."""
@@ -156,9 +217,20 @@ class Session:
             handler(channel, msg, generation)
 
     # --- uploads --------------------------------------------------------------------------------------------
+    def _check_quota(self, adding: int) -> None:
+        """SessionError if storing ``adding`` more bytes would pass the session's or the server's disk quota."""
+        self.disk_bytes = dir_bytes(self.dir)
+        lim = self.limits
+        if self.disk_bytes + adding > lim.max_session_bytes:
+            raise quota_error("this session's disk quota", self.disk_bytes, adding, lim.max_session_bytes,
+                              "--max-session-gb")
+        total = self._total_bytes() if self._total_bytes is not None else self.disk_bytes
+        if total + adding > lim.max_total_bytes:
+            raise quota_error("the server's disk quota (all sessions)", total, adding, lim.max_total_bytes,
+                              "--max-disk-gb")
+
     def _file(self, channel: Channel, begin: FileBegin, generation: int) -> None:
-        if begin.size > self.limits.max_file_bytes:
-            raise SessionError(f"a {begin.size}-byte file is over this server's {self.limits.max_file_bytes}")
+        self._check_quota(begin.size)
         if begin.target == "public_context":
             self._public_context(channel, begin)
             return
@@ -180,9 +252,13 @@ class Session:
         if self.fingerprint is not None:
             raise SessionError("this session already has its public context")
         dest = self.dir / "public_context.et"
-        _receive_file(channel, begin, dest, self.limits, check_first=_refuse_secret)
-        try:
+        allow_plain = self.limits.allow_plain
+        _receive_file(channel, begin, dest, self.limits,
+                      check_first=lambda first: check_context_upload(first, begin.size, allow_plain))
+        try:  # bounded by check_context_upload: the keys its parameters can need
             ctx = PublicContext.from_bytes(dest.read_bytes())
+            if ctx.backend_name == "plain" and not allow_plain:
+                raise SessionError("this server refuses plain-backend contexts; start it with --allow-plain-backend")
         except EncTorchError:
             dest.unlink(missing_ok=True)
             raise
@@ -199,6 +275,13 @@ class Session:
         manifest.check_context(ctx, where)
         if msg.name == "train" and not manifest.has_labels:
             raise ManifestError(where, "a training set needs encrypted labels")
+        damaged = self.dir / "data" / f"{msg.name}.damaged"
+        if self.record["stage"] != "upload" and (damaged / MANIFEST).exists():
+            if read_manifest(damaged).to_json() != manifest.to_json():  # the checkpoint's batch order relies on it
+                raise ManifestError(where, "training has started: a re-upload must carry the same manifest")
+        if self._cipher_bytes is None:
+            self._cipher_bytes = cipher_bytes(ctx)
+        self._check_quota(check_manifest_sizes(manifest, self._cipher_bytes, where))
         partial = self.dir / "data" / f"{msg.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -216,7 +299,9 @@ class Session:
         atomic_write_json(partial / MANIFEST, manifest.to_json())
         os.replace(partial, final)
         fsync_dir(final.parent)
+        shutil.rmtree(final.with_name(f"{msg.name}.damaged"), ignore_errors=True)
         ds = open_dataset(final, self.context())
+        self._verified.add(msg.name)  # every file's sha256 was checked as it arrived
         channel.send(Ack(f"dataset/{msg.name}", {"batches": len(ds), "samples": ds.num_samples}))
 
     # --- training -------------------------------------------------------------------------------------------
@@ -242,6 +327,8 @@ class Session:
         if self.record["stage"] == "done":
             channel.send(TrainingDone(self.record["summary"]))
             return
+        if not all((self.dir / "data" / r / MANIFEST).exists() for r in ROLES):
+            raise SessionError("a dataset was damaged and set aside: upload it again, then resume")
         self._train(channel, generation)
 
     def _train(self, channel: Channel, generation: int, built: tuple | None = None) -> None:
@@ -268,7 +355,11 @@ class Session:
                 raise CheckpointError(ckpt_path, f"cannot restore training from it: {err!r}") from None
         loader = StreamingLoader(train, shuffle=True, seed=job["seed"], max_steps=job["max_steps"])
         start = time.perf_counter()
-        result = trainer.fit(loader, val, job["epochs"])
+        try:
+            result = trainer.fit(loader, val, job["epochs"])
+        except _DATA_ERRORS:
+            self._verified.clear()  # damaged since it was checked: the next connection checks again
+            raise
         summary = {"epochs_run": result.epochs_run, "stopped_epoch": result.stopped_epoch,
                    "steps": len(result.steps), "seconds_per_step": round(result.mean_step_seconds(), 4),
                    "refreshes_per_step": round(result.refreshes_per_step(), 3),
@@ -291,51 +382,48 @@ class Session:
         channel.send(ModelState(encode_tensors(model), self.record["summary"]))
 
 
-def _refuse_secret(first: bytes) -> None:
-    """Look at a context upload's header before storing a byte: a secret key never touches disk."""
-    magic = serialize.MAGIC
-    if not first.startswith(magic) or len(first) < len(magic) + 3:
-        raise ProtocolError("the public context upload does not start with encrypted_torch framing")
-    (n,) = struct.unpack_from("<H", first, len(magic) + 1)
-    kind = first[len(magic) + 3 : len(magic) + 3 + n]
-    if kind == b"secret_context":
-        raise KeyRoleError("the server refuses a secret key: upload SecretContext.public_bytes(), "
-                           "never the SecretContext itself")
-    if kind != b"public_context":
-        raise ProtocolError(f"expected a public_context upload, got {kind[:40]!r}")
-
-
 def _receive_file(channel: Channel, begin: FileBegin, dest: Path, limits: Limits,
-                  check_first: Callable[[bytes], None] | None = None) -> FileEntry:
-    """Stream FileChunks to ``dest`` (atomically), checking order, size and sha256."""
+                  check_first: Callable[[bytes], object] | None = None) -> FileEntry:
+    """Stream FileChunks to ``dest`` (atomically), checking order, size and sha256.
+
+    ``check_first`` sees the first chunk before any file is created, so a refused upload (a secret
+    key, an unencrypted context, a size its header cannot need) never touches the disk.
+    """
     tmp = tmp_path_for(dest)
     digest, received = hashlib.sha256(), 0
+    f = None
     try:
-        with open(tmp, "wb") as f:
-            while True:
-                msg = channel.recv(limits.idle_timeout)
-                if isinstance(msg, FileEnd):
-                    if msg.target != begin.target:
-                        raise ProtocolError(f"file_end for {msg.target!r} while {begin.target!r} is open")
-                    break
-                if not isinstance(msg, FileChunk):
-                    raise ProtocolError(f"{msg.TYPE} in the middle of uploading {begin.target!r}")
-                if msg.offset != received or received + len(msg.data) > begin.size:
-                    raise ProtocolError(f"chunk at {msg.offset} (+{len(msg.data)}) of {begin.target!r}: "
-                                        f"expected offset {received} within {begin.size} bytes")
-                if received == 0 and check_first is not None:
+        while True:
+            msg = channel.recv(limits.idle_timeout)
+            if isinstance(msg, FileEnd):
+                if msg.target != begin.target:
+                    raise ProtocolError(f"file_end for {msg.target!r} while {begin.target!r} is open")
+                break
+            if not isinstance(msg, FileChunk):
+                raise ProtocolError(f"{msg.TYPE} in the middle of uploading {begin.target!r}")
+            if msg.offset != received or received + len(msg.data) > begin.size:
+                raise ProtocolError(f"chunk at {msg.offset} (+{len(msg.data)}) of {begin.target!r}: "
+                                    f"expected offset {received} within {begin.size} bytes")
+            if f is None:
+                if check_first is not None:
                     check_first(msg.data)
-                digest.update(msg.data)
-                f.write(msg.data)
-                received += len(msg.data)
-            f.flush()
-            os.fsync(f.fileno())
+                f = open(tmp, "wb")  # noqa: SIM115 (closed below, on every path)
+            digest.update(msg.data)
+            f.write(msg.data)
+            received += len(msg.data)
         if received != begin.size:
             raise ProtocolError(f"{begin.target!r} ended after {received} of {begin.size} bytes")
         if digest.hexdigest() != begin.sha256:
             raise ChecksumError(f"upload:{begin.target}", "sha256 of the received bytes differs from the announced")
+        if f is None:
+            raise ProtocolError(f"{begin.target!r} arrived without a chunk")
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
         os.replace(tmp, dest)
     finally:
-        tmp.unlink(missing_ok=True)
+        if f is not None:
+            f.close()
+            tmp.unlink(missing_ok=True)
     fsync_dir(dest.parent)
     return FileEntry(dest.name, received, begin.sha256)
