@@ -64,6 +64,7 @@ needs_training_ops = pytest.mark.skipif(not _has_training_ops(), reason="needs e
 @contextlib.contextmanager
 def running_server(workdir: Path, builders=None, **config):
     limits = Limits(idle_timeout=60, reply_timeout=60, attach_timeout=30)
+    config = {"allow_plain": True, **config}  # the plaintext backend: exact and fast, refused by default
     server = TrainingServer(ServerConfig(workdir, TOKEN.encode(), limits=limits, **config), builders or TOY_BUILDERS)
     port = server.start()
     try:
