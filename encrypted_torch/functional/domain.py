@@ -105,7 +105,8 @@ class StageBounds:
                 f"{self.classes} classes) holds at most {limit:.4g} there, and past its domain the "
                 "softmax is silently wrong under CKKS. Lower the learning rate, normalise the features, "
                 f"or use a wider config, e.g. SoftmaxConfig(domain_radius={radius:g}) "
-                "(2 levels per doubling)")
+                f"({SoftmaxConfig(domain_radius=radius).depth(self.classes)} levels against "
+                f"{cfg.depth(self.classes)})")
 
 
 def _image(poly: Polynomial, lo: float, hi: float) -> tuple[float, float]:
