@@ -8,13 +8,14 @@ save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..ckks import serialize
-from ..errors import ContextMismatchError, SerializationError
+from ..errors import ContextMismatchError, EncTorchError, SerializationError
 from ..tensor.enctensor import EncTensor
 from .atomic import atomic_write_bytes
 from .errors import CheckpointError, MissingFileError, WrongKeyError
@@ -23,6 +24,7 @@ from .jsonio import loads_strict
 KIND = "checkpoint"
 FORMAT = "encrypted_torch.checkpoint"
 VERSION = 1
+MAX_CHECKPOINT_BYTES = 1 << 36  # 64 GiB: far above any model we train, below what would exhaust a disk read
 _TENSOR = "$tensor"
 
 
@@ -45,11 +47,15 @@ def decode_checkpoint(data: bytes, ctx: Any, path: str | Path = "checkpoint") ->
         raise CheckpointError(path, str(err)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise CheckpointError(path, f"not a {FORMAT} version {VERSION}")
-    if meta.get("fingerprint") != ctx.fingerprint:
+    if not isinstance(meta.get("fingerprint"), str) or meta["fingerprint"] != ctx.fingerprint:
         raise WrongKeyError(path, "checkpoint of a session under another public key")
-    state = _restore(meta.get("state"), sections, ctx, path)
+    referenced: set[str] = set()
+    state = _restore(meta.get("state"), sections, ctx, path, referenced)
     if not isinstance(state, dict):
         raise CheckpointError(path, "the checkpoint state is not an object")
+    unused = set(sections) - referenced - {"meta"}
+    if unused:
+        raise CheckpointError(path, f"sections no tensor refers to: {sorted(unused)[:5]}")
     return state
 
 
@@ -58,13 +64,21 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], fingerprint: str) -
     atomic_write_bytes(path, encode_checkpoint(state, fingerprint))
 
 
-def load_checkpoint(path: str | Path, ctx: Any) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, ctx: Any, max_bytes: int = MAX_CHECKPOINT_BYTES) -> dict[str, Any]:
     """Read a checkpoint under ``ctx``; MissingFileError, CheckpointError or WrongKeyError naming ``path``."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise CheckpointError(path, f"{size} bytes is larger than any checkpoint ({max_bytes})")
+            data = f.read(size + 1)  # bounded even if the file grows after the fstat
     except FileNotFoundError:
         raise MissingFileError(path, "no checkpoint") from None
+    except OSError as err:
+        raise CheckpointError(path, f"cannot read the checkpoint: {err.strerror or err}") from None
+    if len(data) != size:
+        raise CheckpointError(path, "the file changed while it was read")
     return decode_checkpoint(data, ctx, path)
 
 
@@ -88,21 +102,25 @@ def _flatten(obj: Any, sections: dict[str, bytes]) -> Any:
     raise TypeError(f"cannot checkpoint a {type(obj).__name__}")
 
 
-def _restore(obj: Any, sections: dict[str, bytes], ctx: Any, path: str | Path) -> Any:
+def _restore(obj: Any, sections: dict[str, bytes], ctx: Any, path: str | Path, referenced: set[str]) -> Any:
+    # Recursion is safe: loads_strict bounds the nesting depth (serialize.MAX_JSON_DEPTH).
     if isinstance(obj, dict):
         if _TENSOR in obj:
             name = obj[_TENSOR]
             if len(obj) != 1 or not isinstance(name, str) or name not in sections or name == "meta":
-                raise CheckpointError(path, f"dangling tensor reference {name!r}")
+                raise CheckpointError(path, f"dangling tensor reference {str(name)[:40]!r}")
+            if name in referenced:
+                raise CheckpointError(path, f"tensor {name} is referenced twice")
+            referenced.add(name)
             try:
                 return EncTensor.from_bytes(sections[name], ctx)
             except ContextMismatchError as err:
                 raise WrongKeyError(path, f"tensor {name}: {err}") from None
-            except SerializationError as err:
+            except EncTorchError as err:
                 raise CheckpointError(path, f"tensor {name}: {err}") from None
-        return {k: _restore(v, sections, ctx, path) for k, v in obj.items()}
+        return {k: _restore(v, sections, ctx, path, referenced) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_restore(v, sections, ctx, path) for v in obj]
+        return [_restore(v, sections, ctx, path, referenced) for v in obj]
     return obj
 
 
