@@ -97,6 +97,8 @@ def test_model_state_dict_torch_save_load_on_seal(seal_ctx, tmp_path):
     fresh.load_state_dict(torch.load(path))
     assert torch.equal(seal_ctx.decrypt(fresh.weight_bias), seal_ctx.decrypt(model.weight_bias))
     assert isinstance(fresh.weight_bias, nn.Parameter) and fresh.weight_bias.requires_grad
+    param = _torch_round_trip({"p": model.weight_bias})["p"]  # a Parameter stays one
+    assert type(param) is nn.Parameter and param.requires_grad
 
 
 def test_whole_module_pickles_and_deepcopies(seal_ctx):
@@ -181,7 +183,7 @@ def test_loading_without_the_context_is_a_typed_error():
     public_bytes = secret.public_bytes()
     buf = io.BytesIO()
     torch.save({"w": et.encrypt(_values(4), secret)}, buf)
-    expected = secret.decrypt(et.encrypt(_values(4), secret))
+    expected = _values(4)
     del secret
     gc.collect()
     buf.seek(0)
@@ -196,11 +198,8 @@ def test_loading_without_the_context_is_a_typed_error():
         gc.collect()
     buf.seek(0)
     with et.load_context(et.PublicContext.from_bytes(public_bytes)) as public:
-        assert state_ok(torch.load(buf)["w"], public, expected)
-
-
-def state_ok(x: et.EncTensor, public: et.PublicContext, expected: torch.Tensor) -> bool:
-    return x.ctx is public and x.shape == expected.shape
+        w = torch.load(buf)["w"]
+    assert w.ctx is public and w.shape == expected.shape
 
 
 def test_load_context_rejects_other_objects():
@@ -224,10 +223,7 @@ def test_failed_save_leaves_the_old_file_intact(plain_ctx, tmp_path):
     with pytest.raises(et.KeyRoleError):
         et.save({"keys": plain_ctx}, tmp_path / "new.pt")
     assert _listing(tmp_path) == ["model.pt"]
-    # torch.save truncates the target before pickling: the reason et.save exists.
-    with pytest.raises(et.KeyRoleError):
-        torch.save({"model": model.state_dict(), "keys": plain_ctx}, path)
-    assert path.read_bytes() != before
+    # (torch.save(bad, path) truncates path before pickling, torch 2.13: the reason et.save exists.)
 
 
 def test_save_to_a_file_object_writes_once(plain_ctx):
