@@ -14,6 +14,7 @@ The server streams batches from disk (``DiskDataset``): only the batch in use is
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -100,7 +101,9 @@ class Manifest:
         """Validate a parsed manifest; any problem is a ManifestError naming ``path``."""
         try:
             return cls._parse(obj)
-        except (KeyError, TypeError, ValueError) as err:
+        except KeyError as err:
+            raise ManifestError(path, f"malformed manifest: missing field {str(err)[:60]}") from None
+        except (TypeError, ValueError) as err:  # ShapeError and SerializationError are ValueErrors
             raise ManifestError(path, f"malformed manifest: {err}") from None
 
     @classmethod
@@ -118,9 +121,7 @@ class Manifest:
             raise TypeError("unit must be [s0, s1]")
         s0, s1 = (_int(u, 1, 1 << 16) for u in unit)
         BlockLayout((1, 1), (s0, s1))  # powers of two, or ShapeError (a ValueError)
-        ckks = obj["ckks"]
-        if not isinstance(ckks, dict) or set(ckks) != {"backend", "name", "n", "bits", "scale_bits"}:
-            raise ValueError("ckks must hold backend, name, n, bits, scale_bits")
+        ckks = _ckks_record(obj["ckks"])
         fingerprint = _text(obj["public_key_fingerprint"], "fingerprint")
         if len(fingerprint) != 64 or not set(fingerprint) <= _HEX:
             raise ValueError("public_key_fingerprint must be 64 lowercase hex digits")
@@ -129,8 +130,8 @@ class Manifest:
             raise ValueError("batches must be a non-empty list")
         batches = []
         for i, b in enumerate(raw_batches):
-            if not isinstance(b, dict):
-                raise TypeError(f"batch {i} is not an object")
+            if not isinstance(b, dict) or set(b) != {"rows", "x", "y"}:
+                raise TypeError(f"batch {i} must be an object with rows, x, y")
             x = _file_entry(b["x"], batch_file(i, "x"))
             y = None if b["y"] is None else _file_entry(b["y"], batch_file(i, "y"))
             batches.append(BatchEntry(_int(b["rows"], 1, _MAX_COUNT), x, y))
@@ -159,6 +160,19 @@ def _int(v: Any, lo: int, hi: int) -> int:
     return v
 
 
+def _ckks_record(ckks: Any) -> dict[str, Any]:
+    """The CKKS parameters a manifest records, with the types ``params_record`` writes."""
+    if not isinstance(ckks, dict) or set(ckks) != {"backend", "name", "n", "bits", "scale_bits"}:
+        raise ValueError("ckks must hold backend, name, n, bits, scale_bits")
+    if ckks["backend"] not in ("seal", "plain") or not isinstance(ckks["name"], str) or len(ckks["name"]) > 64:
+        raise ValueError("ckks.backend must be seal or plain, ckks.name a short string")
+    bits = ckks["bits"]
+    if not isinstance(bits, list) or not 2 <= len(bits) <= 64:
+        raise ValueError("ckks.bits must be a list of 2-64 prime sizes")
+    _int(ckks["n"], 1024, 1 << 17), _int(ckks["scale_bits"], 1, 60), [_int(b, 1, 60) for b in bits]
+    return ckks
+
+
 def _text(v: Any, what: str) -> str:
     if not isinstance(v, str):
         raise TypeError(f"{what} must be a string")
@@ -180,14 +194,20 @@ def read_manifest(directory: str | Path) -> Manifest:
     """Parse and validate ``directory/manifest.json`` (not the files it lists)."""
     path = Path(directory) / MANIFEST
     try:
-        size = path.stat().st_size
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise ManifestError(path, f"{size} bytes is larger than any manifest ({MAX_MANIFEST_BYTES})")
+            raw = f.read(size + 1)  # bounded even if the file grows after the fstat
     except FileNotFoundError:
         raise MissingFileError(path, "no manifest: not an encrypted dataset directory, or its write "
                                      "did not finish") from None
-    if size > MAX_MANIFEST_BYTES:
-        raise ManifestError(path, f"{size} bytes is larger than any manifest ({MAX_MANIFEST_BYTES})")
+    except OSError as err:
+        raise ManifestError(path, f"cannot read the manifest: {err.strerror or err}") from None
+    if len(raw) != size:
+        raise ManifestError(path, "the manifest changed while it was read")
     try:
-        obj = loads_strict(path.read_bytes(), "manifest JSON")
+        obj = loads_strict(raw, "manifest JSON", max_bytes=MAX_MANIFEST_BYTES)
     except SerializationError as err:
         raise ManifestError(path, str(err)) from None
     return Manifest.from_json(obj, path)
