@@ -78,6 +78,8 @@ def test_contexts_pickle_only_public_material(plain_ctx):
     assert copy.deepcopy(public) is public and copy.deepcopy(plain_ctx) is plain_ctx
     with pytest.raises(et.KeyRoleError, match="to_bytes"):
         pickle.dumps(plain_ctx)
+    both = _torch_round_trip({"ctx": public, "x": et.encrypt(_values(6), public)})  # weights_only
+    assert both["ctx"].fingerprint == public.fingerprint and both["x"].ctx is both["ctx"]
     with pytest.raises(et.KeyRoleError):
         torch.save({"keys": plain_ctx}, io.BytesIO())
 

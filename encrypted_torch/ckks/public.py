@@ -60,8 +60,13 @@ class PublicContext:
                 f"rotation_keys={len(self.rotation_steps)}, key={self.fingerprint[:8]})")
 
     # --- pickling: public material only, so it is allowed; copies share the (immutable) keys ------
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_public, (self.to_bytes(),)
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        data = self.to_bytes()  # protocol 2 (torch.save's): a uint8 tensor, as EncTensor's payload
+        if isinstance(protocol, int) and protocol < 3:
+            import torch  # here only: ckks/ does not otherwise depend on torch
+
+            return _rebuild_public, (torch.frombuffer(bytearray(data), dtype=torch.uint8),)
+        return _rebuild_public, (data,)
 
     def __copy__(self) -> PublicContext:
         return self
@@ -96,9 +101,10 @@ class PublicContext:
         return build_public(params, backend_name, parts, steps, fingerprint)
 
 
-def _rebuild_public(data: bytes) -> PublicContext:
+def _rebuild_public(payload: Any) -> PublicContext:
     """Unpickle a PublicContext (allowlisted for torch.load(weights_only=True))."""
-    return PublicContext.from_bytes(data)
+    to_bytes = getattr(payload, "numpy", None)  # a torch uint8 tensor
+    return PublicContext.from_bytes(to_bytes().tobytes() if to_bytes is not None else payload)
 
 
 def build_public(params: CKKSParams, backend_name: str, parts: dict[str, bytes],
