@@ -103,11 +103,32 @@ class Session:
 
     @classmethod
     def load(cls, directory: Path, limits: Limits, builders: dict[str, Builder], **shared: Any) -> Session:
-        """A session from its directory (server restart with --resume)."""
-        record = loads_strict((directory / "session.json").read_bytes(), "session record")
+        """A session from its directory (server restart with --resume); SessionError if session.json
+        is missing, unreadable, oversized or malformed (it is read back from disk, so it is checked
+        like bytes from a stranger)."""
+        path, max_bytes = directory / "session.json", 16 << 20
+        try:
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                raw = f.read(min(size, max_bytes) + 1)
+        except OSError as err:
+            raise SessionError(f"{path}: cannot read the session record: {err.strerror or err}") from None
+        if len(raw) > max_bytes:
+            raise SessionError(f"{path}: larger than any session record ({max_bytes} bytes)")
+        try:
+            record = loads_strict(raw, "session record")
+        except EncTorchError as err:
+            raise SessionError(f"{path}: {err}") from None
         if not isinstance(record, dict) or record.get("id") != directory.name or record.get("stage") not in (
                 "upload", "training", "done"):
             raise SessionError(f"{directory}: not a session directory")
+        fingerprint = record.get("fingerprint", "missing")
+        if fingerprint is not None and not (isinstance(fingerprint, str) and len(fingerprint) == 64
+                                            and set(fingerprint) <= set("0123456789abcdef")):
+            raise SessionError(f"{path}: fingerprint must be null or 64 lowercase hex digits")
+        for key in ("checkpoint", "summary"):
+            if key not in record or not (record[key] is None or isinstance(record[key], dict)):
+                raise SessionError(f"{path}: {key} must be null or an object")
         return cls(directory, record, limits, builders, **shared)
 
     def _save_record(self) -> None:
