@@ -8,10 +8,13 @@ is bounded before anything is buffered or recursed into.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
 from typing import Any
+
+import numpy as np
 
 from ..errors import SerializationError
 
@@ -81,7 +84,7 @@ def unpack(data: bytes, kind: str) -> dict[str, bytes]:
 
 
 def dumps_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, allow_nan=False).encode()
+    return json.dumps(obj, sort_keys=True).encode()
 
 
 def loads_json(data: bytes | str, what: str = "metadata", *, max_bytes: int = MAX_JSON_BYTES,
@@ -151,6 +154,35 @@ def _check_tree(obj: Any, max_depth: int) -> None:
             if isinstance(item, dict):
                 stack.extend((k, depth) for k in item)
             stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+
+
+_NPY_DTYPES = {"|b1", "|u1", "|i1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8", "<c16"}
+
+
+def load_npy(raw: bytes, what: str = "array") -> np.ndarray:
+    """A NumPy ``.npy`` array from a stranger's bytes, without pickle and without trusting its header:
+    plain little-endian numbers only, and the shape must account for exactly the bytes present
+    (``np.load`` would allocate whatever the header claims first). SerializationError if not."""
+    buf = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(buf)
+    except (ValueError, TypeError, SyntaxError, EOFError, OverflowError, RecursionError, MemoryError) as err:
+        raise SerializationError(f"{what}: not a .npy array ({str(err)[:120]})") from None
+    if dtype.str not in _NPY_DTYPES:
+        raise SerializationError(f"{what}: dtype {dtype.str} is not a plain number type")
+    if len(shape) > 32 or not all(type(d) is int and 0 <= d < 2**48 for d in shape):
+        raise SerializationError(f"{what}: shape {str(shape)[:80]} is not a shape")
+    count = math.prod(shape)
+    offset = buf.tell()
+    if count * dtype.itemsize != len(raw) - offset:
+        raise SerializationError(f"{what}: shape {shape} needs {count * dtype.itemsize} bytes, "
+                                 f"{len(raw) - offset} present")
+    flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C").copy()
 
 
 def require(sections: dict[str, bytes], *names: str) -> list[bytes]:

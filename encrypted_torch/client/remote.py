@@ -296,21 +296,71 @@ def _flatten_owner(state: dict[str, Any], prefix: str, sections: dict[str, bytes
         return prefix + name
 
     best = state["best"]
-    return {"early_stopping": state["early_stopping"], "history": state["history"],
-            "best": None if best is None else {k: put(f"best.{k}", v) for k, v in best.items()},
-            "layouts": {k: [list(v.shape), list(v.unit), v.tiling] for k, v in state["layouts"].items()},
-            "val_labels": {k: put(f"labels.{k}", v) for k, v in state["val_labels"].items()}}
+    out = {"early_stopping": _json_numbers(state["early_stopping"]),
+           "history": [_json_numbers(h) for h in state["history"]],
+           "best": None if best is None else {k: put(f"best.{k}", v) for k, v in best.items()},
+           "layouts": {k: [list(v.shape), list(v.unit), v.tiling] for k, v in state["layouts"].items()},
+           "val_labels": {k: put(f"labels.{k}", v) for k, v in state["val_labels"].items()}}
+    if "policy" in state:
+        out["policy"] = state["policy"]
+    return out
 
 
-def _restore_owner(meta: dict[str, Any], sections: dict[str, bytes]) -> dict[str, Any]:
-    def get(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.load(io.BytesIO(sections[name]), allow_pickle=False))
+_NON_FINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 
+
+def _json_numbers(d: dict[str, Any]) -> dict[str, Any]:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (strict JSON has no Infinity or NaN)."""
+    return {k: (str(v) if isinstance(v, float) and (v != v or abs(v) == float("inf")) else v) for k, v in d.items()}
+
+
+def _numbers(d: Any, what: str, keys: set[str] | None = None) -> dict[str, Any]:
+    """Inverse of ``_json_numbers``, accepting only a flat object of numbers (with exactly ``keys``)."""
+    if not isinstance(d, dict) or (keys is not None and set(d) != keys):
+        raise SerializationError(f"{what} must be an object" + (f" with {sorted(keys)}" if keys else ""))
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, str) and v in _NON_FINITE:
+            v = _NON_FINITE[v]
+        elif type(v) not in (int, float):
+            raise SerializationError(f"{what}.{k[:40]} must be a number")
+        out[k] = v
+    return out
+
+
+def _restore_owner(meta: Any, sections: dict[str, bytes], early_stopping_keys: set[str]) -> dict[str, Any]:
+    """The key owner's state from ``_flatten_owner``'s record; SerializationError if anything is off."""
+    def names(v: Any, what: str) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise SerializationError(f"{what} must be an object")
+        return v
+
+    def get(name: Any, what: str) -> torch.Tensor:
+        if not isinstance(name, str) or name not in sections or name == "meta":
+            raise SerializationError(f"{what}: no section {str(name)[:40]!r}")
+        return torch.from_numpy(serialize.load_npy(sections[name], what))
+
+    def layout(k: str, v: Any) -> BlockLayout:
+        if not (isinstance(v, list) and len(v) == 3 and isinstance(v[2], str)
+                and all(isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p) for p in v[:2])):
+            raise SerializationError(f"layout {k[:40]!r} must be [shape, unit, tiling]")
+        return BlockLayout(tuple(v[0]), tuple(v[1]), v[2])  # ShapeError is an EncTorchError
+
+    meta = names(meta, "the key owner's state")
+    required = {"early_stopping", "history", "best", "layouts", "val_labels"}
+    if not required <= set(meta) <= required | {"policy"}:
+        raise SerializationError(f"the key owner's state must hold {sorted(required)} (and maybe policy)")
+    if not isinstance(meta["history"], list):
+        raise SerializationError("history must be a list")
     best = meta["best"]
-    return {"early_stopping": meta["early_stopping"], "history": meta["history"],
-            "best": None if best is None else {k: get(v) for k, v in best.items()},
-            "layouts": {k: BlockLayout(tuple(s), tuple(u), t) for k, (s, u, t) in meta["layouts"].items()},
-            "val_labels": {k: get(v) for k, v in meta["val_labels"].items()}}
+    out = {"early_stopping": _numbers(meta["early_stopping"], "early_stopping", early_stopping_keys),
+           "history": [_numbers(h, f"history[{i}]") for i, h in enumerate(meta["history"])],
+           "best": None if best is None else {k: get(v, f"best.{k}") for k, v in names(best, "best").items()},
+           "layouts": {k: layout(k, v) for k, v in names(meta["layouts"], "layouts").items()},
+           "val_labels": {k: get(v, f"labels.{k}") for k, v in names(meta["val_labels"], "val_labels").items()}}
+    if "policy" in meta:
+        out["policy"] = names(meta["policy"], "policy")
+    return out
 
 
 def token_from_env_or_file(path: str | Path | None) -> bytes:
