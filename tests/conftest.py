@@ -1,6 +1,7 @@
 """Shared fixtures: keys generated once per session; hypothesis profiles (fast in CI, thorough on demand).
 
-Choose the thorough profile with ENCRYPTED_TORCH_HYPOTHESIS=thorough.
+Choose the thorough profile with ENCRYPTED_TORCH_HYPOTHESIS=thorough; ENCRYPTED_TORCH_HYPOTHESIS=fuzz runs
+the decoder fuzzers of tests/test_fuzz.py with 10,000 random inputs each (see docs/protocol.md, "Fuzzing").
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ settings.register_profile(
 settings.register_profile(
     "thorough", max_examples=200, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "fuzz", max_examples=10_000, deadline=None, derandomize=False,
+    suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("ENCRYPTED_TORCH_HYPOTHESIS", "fast"))
 
