@@ -54,9 +54,10 @@ UNTYPED: Counter[str] = Counter()
 UNTYPED_KINDS: dict[str, Counter[str]] = {}
 
 
-def fuzz_settings(default: int = _DEFAULT_EXAMPLES) -> settings:
-    """A modest, fixed number of examples in CI; the profile's 10,000 under ENCRYPTED_TORCH_HYPOTHESIS=fuzz."""
-    return settings(max_examples=settings().max_examples if _FUZZ else default)
+def fuzz_settings(default: int = _DEFAULT_EXAMPLES, share: int = 1) -> settings:
+    """A modest, fixed number of examples in CI; under ENCRYPTED_TORCH_HYPOTHESIS=fuzz the profile's
+    10,000 per decoder, split over the ``share`` parametrizations of a test (backends, message types)."""
+    return settings(max_examples=-(-settings().max_examples // share) if _FUZZ else default)
 
 
 def check(decoder: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -315,7 +316,7 @@ def test_the_starting_points_are_valid(fuzz_ctx):
 
 # --- the decoders ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL_TYPES)
-@fuzz_settings(max(4, _DEFAULT_EXAMPLES // 4))
+@fuzz_settings(max(4, _DEFAULT_EXAMPLES // 4), share=len(ALL_TYPES))
 @given(mutation=mutations)
 @example(mutation=("meta_whole", deep(10_000)))
 @example(mutation=("meta_add", "x", Raw("1" + "0" * 400)))
@@ -344,7 +345,7 @@ def test_a_huge_integer_in_a_float_field_is_a_protocol_error():
             decode(raw_pack("message", secs))
 
 
-@fuzz_settings()
+@fuzz_settings(share=2)
 @given(mutation=mutations)
 @example(mutation=("meta", [0], deep(10_000)))
 @example(mutation=("meta", [1, 0, 1], Raw("1" + "0" * 400)))
@@ -357,7 +358,7 @@ def test_fuzz_cipher_list(fuzz_ctx, mutation):
     assert got is None or all(c.context_id == pub.fingerprint for c in got)
 
 
-@fuzz_settings()
+@fuzz_settings(share=2)
 @given(mutation=mutations, which=st.integers(0, 3), as_list=st.booleans())
 @example(mutation=("meta", [0], deep(10_000)), which=0, as_list=False)
 def test_fuzz_tensor_dicts(fuzz_ctx, mutation, which, as_list):
@@ -395,7 +396,7 @@ def test_fuzz_loads_json(value, text):
     check("storage.jsonio.loads_strict", loads_strict, raw, "fuzz")
 
 
-@fuzz_settings()
+@fuzz_settings(share=2)
 @given(mutation=mutations)
 @example(mutation=("meta", [0], deep(10_000)))
 @example(mutation=("meta_whole", deep(10_000)))
@@ -408,7 +409,7 @@ def test_fuzz_enctensor_from_bytes(fuzz_ctx, mutation):
     assert t is None or (isinstance(t, EncTensor) and t.layout.slots == pub.slots)
 
 
-@fuzz_settings()
+@fuzz_settings(share=2)
 @given(mutation=mutations)
 @example(mutation=("meta_whole", deep(10_000)))
 @example(mutation=("meta", [2, 1, 0], Raw("1" + "0" * 400)))
@@ -419,7 +420,7 @@ def test_fuzz_public_context(fuzz_ctx, mutation):
     assert ctx is None or isinstance(ctx, et.PublicContext)
 
 
-@fuzz_settings()
+@fuzz_settings(share=2)
 @given(mutation=mutations)
 @example(mutation=("meta_whole", deep(10_000)))
 @example(mutation=("meta", [1, 0, 0], Raw("1" + "0" * 400)))
