@@ -13,7 +13,6 @@ encrypted model, optimizer state and checkpoints. Its directory::
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import os
@@ -59,6 +58,7 @@ from .limits import (
     cipher_bytes,
     dir_bytes,
     quota_error,
+    release_memory,
 )
 from .link import NetworkKeyOwner, ProgressReporter, Superseded
 
@@ -156,7 +156,7 @@ class Session:
         ctx, self._ctx = self._ctx, None
         if ctx is not None and self.contexts.park(self.id, ctx):
             del ctx
-            gc.collect()  # evaluators and tensors form cycles: free the dropped keys (GBs) now, not later
+            release_memory()  # the dropped keys can be GBs: give them back now, not at some later collection
 
     def status(self) -> dict[str, Any]:
         """What the Welcome tells the client: stage, uploaded parts, last checkpoint, summary."""
