@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from ..errors import EncTorchError, SerializationError
 from ..protocol import auth
 from ..protocol.channel import DEFAULT_MAX_MESSAGE_BYTES, Channel, client_handshake
 from ..protocol.ciphers import decode_ciphers, decode_tensor_list, decode_tensors, encode_ciphers, encode_tensors
-from ..protocol.errors import ConnectionLostError, ProtocolError
+from ..protocol.errors import AuthenticationError, ConnectionLostError, ProtocolError
 from ..protocol.messages import (
     Ack,
     BestStateReply,
@@ -80,8 +81,12 @@ class RemoteSession:
     def __init__(self, url: str, token: str | bytes, key_owner: KeyOwner, *, session_id: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 600.0,
                  retry: RetryPolicy | None = None, state_path: str | Path | None = None,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None, cafile: str | Path | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.url, self.token, self.key_owner = url, auth.check_token(token), key_owner
+        self.ssl_context = ssl_context  # wss:// only; default: the system's CAs, or cafile's
+        if ssl_context is None and cafile is not None:
+            self.ssl_context = ssl.create_default_context(cafile=str(cafile))
         self.session_id = session_id
         self.max_message_bytes, self.timeout = max_message_bytes, timeout
         self.retry = retry or RetryPolicy()
@@ -104,9 +109,16 @@ class RemoteSession:
     def connect(self) -> dict[str, Any]:
         """Open (or resume) the session; returns what the server already holds."""
         stack = contextlib.ExitStack()  # connect() is a context manager in every websockets version we accept
-        ws = stack.enter_context(connect(self.url, max_size=self.max_message_bytes + auth.HEADER_BYTES,
-                                         compression=None, max_queue=4, open_timeout=30, ping_interval=20,
-                                         ping_timeout=120))
+        tls = {"ssl": self.ssl_context} if self.url.startswith("wss://") and self.ssl_context else {}
+        try:
+            ws = stack.enter_context(connect(self.url, max_size=self.max_message_bytes + auth.HEADER_BYTES,
+                                             compression=None, max_queue=4, open_timeout=30, ping_interval=20,
+                                             ping_timeout=120, **tls))
+        except ssl.SSLCertVerificationError as err:  # not transient: no reconnect will fix it
+            raise AuthenticationError(f"the server's TLS certificate failed verification ({err.verify_message}); "
+                                      "pass the CA that signed it (--cafile)") from None
+        except ssl.SSLError as err:
+            raise ConnectionLostError(f"TLS handshake with {self.url} failed: {err}") from None
         try:
             fingerprint = self.ctx.fingerprint if self.session_id else ""
             channel, welcome, hello = client_handshake(ws, self.token, self.session_id or "", fingerprint,
