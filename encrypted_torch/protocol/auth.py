@@ -10,7 +10,7 @@ altered, replayed, dropped or reordered message is an AuthenticationError. The f
 message is the server's Welcome: it proves to the client that the server holds the token too.
 
 This authenticates; it does not hide. Ciphertexts need no hiding; to hide sizes and the stop
-bit from the network as well, run the server behind TLS (``wss://``).
+bit from the network as well, serve TLS (``--certfile``; clients use ``wss://`` and ``--cafile``).
 """
 
 from __future__ import annotations

@@ -164,6 +164,9 @@ class TrainingServer:
 
     def shutdown(self) -> None:
         self._stopping.set()
+        with self._conn_lock:  # strangers in their handshake would hold shutdown() up to handshake_timeout
+            while self._preauth:
+                self._evict_oldest_locked()
         if self._server is not None:
             self._server.shutdown()  # closes the socket, wakes the accept loop, closes connections
         if self._thread is not None:
