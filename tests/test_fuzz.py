@@ -171,7 +171,9 @@ mutations = st.one_of(
     st.tuples(st.just("frame"), st.sampled_from([0, 1, 2**16, 2**16 + 1, 2**32 - 1]),
               st.sampled_from([0, 1, 2**31, 2**63, 2**64 - 1])),
 )
-DONORS: list[bytes] = []  # sections of every valid encoding made here, to splice into others
+DONORS: list[bytes] = []  # sections of the valid encodings made here (one of each kind), to splice into others
+_DONATED: set[str] = set()
+_GOOD: dict[tuple, Any] = {}
 
 
 def mutate_bytes(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:
@@ -267,9 +269,18 @@ def apply(data: bytes, kind: str, mutation: tuple, meta_section: str = "meta") -
     return raw_pack(kind, sections)
 
 
-def donate(data: bytes, kind: str) -> bytes:
-    DONORS.extend(p for n, p in serialize.unpack(data, kind).items() if n != "meta")
+def donate(data: bytes, kind: str, owner: str) -> bytes:
+    if kind + owner not in _DONATED:  # once: the pool must not grow with the examples
+        _DONATED.add(kind + owner)
+        DONORS.extend(p for n, p in serialize.unpack(data, kind).items() if n != "meta")
     return data
+
+
+def good(key: tuple, make: Callable[[], Any]) -> Any:
+    """A valid encoding made once per key (SEAL encryption is slow and the mutants never change it)."""
+    if key not in _GOOD:
+        _GOOD[key] = make()
+    return _GOOD[key]
 
 
 # --- valid objects to start from ----------------------------------------------------------------------------
@@ -324,8 +335,8 @@ def test_the_starting_points_are_valid(fuzz_ctx):
 @example(mutation=("meta", [0], Raw("1e999")))
 @example(mutation=("frame", 2**32 - 1, 2**64 - 1))
 def test_fuzz_message_decode(name, mutation):
-    good = valid_message(message_types()[name]).encode()
-    msg = check("protocol.messages.decode", decode, apply(good, "message", mutation))
+    valid = valid_message(message_types()[name]).encode()
+    msg = check("protocol.messages.decode", decode, apply(valid, "message", mutation))
     assert msg is None or isinstance(msg, Message)
 
 
@@ -352,9 +363,9 @@ def test_a_huge_integer_in_a_float_field_is_a_protocol_error():
 @example(mutation=("section", "splice", 1, 0, [("flip", 0, 1)]))
 def test_fuzz_cipher_list(fuzz_ctx, mutation):
     pub = fuzz_ctx.public()
-    t = _tensor(pub, 64)
-    good = donate(ciphers.encode_ciphers(pub, t.ciphers()), ciphers.KIND)
-    got = check("protocol.ciphers.decode_ciphers", ciphers.decode_ciphers, apply(good, ciphers.KIND, mutation), pub)
+    data = good(("ciphers", pub.fingerprint), lambda: ciphers.encode_ciphers(pub, _tensor(pub, 64).ciphers()))
+    donate(data, ciphers.KIND, pub.fingerprint)
+    got = check("protocol.ciphers.decode_ciphers", ciphers.decode_ciphers, apply(data, ciphers.KIND, mutation), pub)
     assert got is None or all(c.context_id == pub.fingerprint for c in got)
 
 
@@ -363,14 +374,16 @@ def test_fuzz_cipher_list(fuzz_ctx, mutation):
 @example(mutation=("meta", [0], deep(10_000)), which=0, as_list=False)
 def test_fuzz_tensor_dicts(fuzz_ctx, mutation, which, as_list):
     pub = fuzz_ctx.public()
-    good = {"w": donate(_tensor(pub).to_bytes(), "enc_tensor"), "b": _tensor(pub, 10).to_bytes()}
-    key = sorted(good)[which % 2]
-    good[key] = apply(good[key], "enc_tensor", mutation)
+    raw = dict(good(("tensors", pub.fingerprint),
+                    lambda: {"w": _tensor(pub).to_bytes(), "b": _tensor(pub, 10).to_bytes()}))
+    key = sorted(raw)[which % 2]
+    raw[key] = apply(raw[key], "enc_tensor", mutation)
     if as_list:
-        check("protocol.ciphers.decode_tensor_list", ciphers.decode_tensor_list, list(good.values()), pub)
+        check("protocol.ciphers.decode_tensor_list", ciphers.decode_tensor_list, list(raw.values()), pub)
     else:
-        like = {"w": _tensor(pub), "b": _tensor(pub, 10)} if which >= 2 else None
-        check("protocol.ciphers.decode_tensors", ciphers.decode_tensors, good, pub, like)
+        like = None if which < 2 else good(("like", pub.fingerprint),
+                                           lambda: {"w": _tensor(pub), "b": _tensor(pub, 10)})
+        check("protocol.ciphers.decode_tensors", ciphers.decode_tensors, raw, pub, like)
 
 
 @fuzz_settings()
@@ -379,8 +392,8 @@ def test_fuzz_tensor_dicts(fuzz_ctx, mutation, which, as_list):
 @example(data=("mutation", ("frame", 2**32 - 1, 2**64 - 1)))
 def test_fuzz_unpack(data):
     if isinstance(data, tuple):
-        good = serialize.pack("thing", {"meta": b"{}", "a": b"x" * 40, "b": b""})
-        data = apply(good, "thing", data[1])
+        valid = serialize.pack("thing", {"meta": b"{}", "a": b"x" * 40, "b": b""})
+        data = apply(valid, "thing", data[1])
     got = check("ckks.serialize.unpack", serialize.unpack, data, "thing")
     assert got is None or all(isinstance(k, str) and isinstance(v, bytes) for k, v in got.items())
 
@@ -404,8 +417,8 @@ def test_fuzz_loads_json(value, text):
 @example(mutation=("meta", [3, 0], Raw("1e999")))
 def test_fuzz_enctensor_from_bytes(fuzz_ctx, mutation):
     pub = fuzz_ctx.public()
-    good = donate(_tensor(pub).to_bytes(), "enc_tensor")
-    t = check("EncTensor.from_bytes", EncTensor.from_bytes, apply(good, "enc_tensor", mutation), pub)
+    data = donate(good(("tensor", pub.fingerprint), lambda: _tensor(pub).to_bytes()), "enc_tensor", pub.fingerprint)
+    t = check("EncTensor.from_bytes", EncTensor.from_bytes, apply(data, "enc_tensor", mutation), pub)
     assert t is None or (isinstance(t, EncTensor) and t.layout.slots == pub.slots)
 
 
@@ -415,8 +428,8 @@ def test_fuzz_enctensor_from_bytes(fuzz_ctx, mutation):
 @example(mutation=("meta", [2, 1, 0], Raw("1" + "0" * 400)))
 @example(mutation=("meta", [3], [10**400]))
 def test_fuzz_public_context(fuzz_ctx, mutation):
-    good = donate(fuzz_ctx.public_bytes(), "public_context")
-    ctx = check("PublicContext.from_bytes", et.PublicContext.from_bytes, apply(good, "public_context", mutation))
+    data = donate(fuzz_ctx.public_bytes(), "public_context", fuzz_ctx.fingerprint)
+    ctx = check("PublicContext.from_bytes", et.PublicContext.from_bytes, apply(data, "public_context", mutation))
     assert ctx is None or isinstance(ctx, et.PublicContext)
 
 
@@ -425,8 +438,8 @@ def test_fuzz_public_context(fuzz_ctx, mutation):
 @example(mutation=("meta_whole", deep(10_000)))
 @example(mutation=("meta", [1, 0, 0], Raw("1" + "0" * 400)))
 def test_fuzz_secret_context(fuzz_ctx, mutation):
-    good = fuzz_ctx.to_bytes()
-    ctx = check("SecretContext.from_bytes", et.SecretContext.from_bytes, apply(good, "secret_context", mutation))
+    data = good(("secret", fuzz_ctx.fingerprint), fuzz_ctx.to_bytes)
+    ctx = check("SecretContext.from_bytes", et.SecretContext.from_bytes, apply(data, "secret_context", mutation))
     assert ctx is None or isinstance(ctx, et.SecretContext)
 
 
@@ -446,7 +459,8 @@ def test_fuzz_load_checkpoint(plain_ctx, fuzz_dir, mutation):
     state = {"epoch": 1, "step": 2, "model": {"w": _tensor(pub)}, "optimizer": {"state": [{"m": _tensor(pub, 10)}]},
              "result": {"steps": [{"seconds": 1.5}], "epochs": []}, "loader_rng": [3, [1, 2, 3], None]}
     path = fuzz_dir / "checkpoint.et"
-    path.write_bytes(apply(encode_checkpoint(state, pub.fingerprint), "checkpoint", mutation))
+    path.write_bytes(apply(good(("checkpoint",), lambda: encode_checkpoint(state, pub.fingerprint)), "checkpoint",
+                           mutation))
     got = check("storage.checkpoint.load_checkpoint", load_checkpoint, path, pub)
     assert got is None or isinstance(got, dict)
 
@@ -517,8 +531,8 @@ def _client_state(plain_ctx: et.SecretContext, path: Path) -> bytes:
 @example(mutation=("section", "mutate", 0, 0, [("flip", 9, 0x40)]))
 def test_fuzz_client_state(plain_ctx, fuzz_dir, mutation):
     path = fuzz_dir / "client_state.et"
-    good = _client_state(plain_ctx, path)
-    path.write_bytes(apply(good, "client_state", mutation))
+    valid = _client_state(plain_ctx, path)
+    path.write_bytes(apply(valid, "client_state", mutation))
     owner = KeyOwner(plain_ctx, EarlyStopping(patience=3))
     got = check("client.remote.RemoteSession._load_state", RemoteSession, "ws://127.0.0.1:9", TOKEN, owner,
                 state_path=path)
