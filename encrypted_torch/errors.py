@@ -52,3 +52,9 @@ class ContextNotLoadedError(EncTorchError, LookupError):
 
 class GraphFreedError(EncTorchError, RuntimeError):
     """A second backward through a graph whose saved tensors were freed (torch's retain_graph rule)."""
+
+
+class JobPolicyError(EncTorchError):
+    """The server asked the key owner for something the client's own copy of the job does not plan
+    (an unplanned refresh, a verdict beyond the job's epochs or after a stop, logits of the wrong
+    shape). The key owner ends the job: a refusal cannot be queried again."""

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from .ckks import counters
 from .ckks.evaluator import Cipher
 from .errors import EncTorchError
-from .refresh import current_refresher, refresh_with
+from .refresh import current_refresher, refresh_stage, refresh_with
 
 T = TypeVar("T")
 
@@ -185,8 +185,8 @@ class _ProxyRefresher:
     def __init__(self, ctx: Any, to_parent: int, from_parent: int) -> None:
         self.ctx, self.to_parent, self.from_parent = ctx, to_parent, from_parent
 
-    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
-        _send(self.to_parent, ("refresh", _dump(self.ctx, ciphers)))
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
+        _send(self.to_parent, ("refresh", _dump(self.ctx, ciphers), stage))
         reply = _receive(self.from_parent)
         if reply is None:
             raise WorkerError("the parent process went away during a refresh")
@@ -239,7 +239,8 @@ def _serve(ctx: Any, children: list[_Child], refresher: Any) -> list[tuple[str, 
                 message = _receive(child.from_child)
                 if message is not None and message[0] == "refresh":
                     try:
-                        reply: Any = ("fresh", _dump(ctx, refresher.refresh(_load(ctx, message[1]))))
+                        fresh = refresh_stage(refresher, _load(ctx, message[1]), message[2])
+                        reply: Any = ("fresh", _dump(ctx, fresh))
                     except Exception as err:  # noqa: BLE001 (the child raises it where it asked)
                         reply = ("err", _portable(err))
                     _send(child.to_child, reply)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from .ckks.evaluator import Cipher
@@ -18,7 +20,11 @@ from .errors import DepthError
 
 @runtime_checkable
 class Refresher(Protocol):
-    """Anything that turns ciphertexts into fresh encryptions of the same values at the top level."""
+    """Anything that turns ciphertexts into fresh encryptions of the same values at the top level.
+
+    ``stage`` names the op asking (``ensure_levels``' ``op``): the key owner checks the decrypted
+    values against that stage's domain and the job's plan. A refresher without the keyword works too.
+    """
 
     def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]: ...
 
@@ -59,7 +65,7 @@ def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str) -> list[Ciphe
     refresher = _current.get()
     if refresher is None:
         raise DepthError(op, levels, min(ciphers[i].level for i in short))
-    fresh = refresher.refresh([ciphers[i] for i in short])
+    fresh = refresh_stage(refresher, [ciphers[i] for i in short], op)
     out = list(ciphers)
     for i, c in zip(short, fresh, strict=True):
         if c.level < levels:
@@ -67,3 +73,18 @@ def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str) -> list[Ciphe
                              "pick a deeper preset")
         out[i] = c
     return out
+
+
+def refresh_stage(refresher: Refresher, ciphers: Sequence[Cipher], stage: str) -> list[Cipher]:
+    """``refresher.refresh(ciphers, stage=stage)``, or without the stage where it takes none."""
+    if _takes_stage(type(refresher)):
+        return refresher.refresh(ciphers, stage=stage)  # type: ignore[call-arg]
+    return refresher.refresh(ciphers)
+
+
+@lru_cache(maxsize=64)
+def _takes_stage(cls: type) -> bool:
+    try:
+        return "stage" in inspect.signature(cls.refresh).parameters
+    except (TypeError, ValueError):
+        return False

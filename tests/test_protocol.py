@@ -52,6 +52,7 @@ _BY_NAME = {  # fields whose declared bounds are narrower than their type
     "size": st.integers(1, 2**40), "offset": st.integers(0, 2**40), "data": st.binary(min_size=1, max_size=64),
     "request_id": st.integers(0, 2**53 - 1), "epoch": st.integers(0, 2**31 - 1),
     "max_message_bytes": st.integers(1 << 20, 1 << 30), "chunk_bytes": st.integers(1, 1 << 20),
+    "stage": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
 }
 _BY_KIND = {
     "int": st.integers(-(2**63), 2**63 - 1), "str": st.text(max_size=50), "bool": st.booleans(),

@@ -79,7 +79,7 @@ def run_toy(url: str, secret: et.SecretContext, *, seed: int = 0, on_progress=No
                             retry=retry or RetryPolicy(attempts=20, deadline=60))
     session.connect()
     session.upload(train, val)
-    summary = session.train(TOY_JOB, init)
+    summary = session.train(TOY_JOB, init, builders=TOY_BUILDERS)
     weights = secret.decrypt(session.fetch_model()["w"])
     session.close()
     return weights, session, summary
@@ -195,7 +195,7 @@ def test_client_reconnects_mid_training_and_the_session_continues(tmp_path, plai
         session_ref.append(session)
         session.connect()
         session.upload(train, val)
-        summary = session.train(TOY_JOB, init)
+        summary = session.train(TOY_JOB, init, builders=TOY_BUILDERS)
         got = plain_ctx.decrypt(session.fetch_model()["w"])
     assert dropped and session.reconnects == 1 and summary["resumed_from"] is not None
     assert torch.equal(got, toy_reference(plain_ctx))
@@ -221,12 +221,13 @@ def test_a_restarted_client_process_resumes_from_its_saved_state(tmp_path, plain
         first.connect()
         first.upload(train, val)
         with pytest.raises(_ClientCrash):
-            first.train(TOY_JOB, init)
+            first.train(TOY_JOB, init, builders=TOY_BUILDERS)
         reborn = KeyOwner(plain_ctx, EarlyStopping(patience=3))
         second = RemoteSession(url, TOKEN, reborn, state_path=state_path)
         assert second.session_id == first.session_id and [h["epoch"] for h in reborn.history] == [0]
         assert second.connect()["stage"] == "training"
-        summary = second.train(TOY_JOB, init)
+        second.upload(train, val)  # nothing is sent again; the key owner learns the shapes it plans from
+        summary = second.train(TOY_JOB, init, builders=TOY_BUILDERS)
         got = plain_ctx.decrypt(second.fetch_model()["w"])
     assert summary["resumed_from"] is not None and [h["epoch"] for h in reborn.history] == [0, 1, 2]
     assert torch.equal(got, toy_reference(plain_ctx))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,13 +101,19 @@ class SecretContext:
             raise TypeError(f"cannot decrypt a {type(x).__name__}")
         return decrypt_with(self)
 
-    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
-        """Decrypt and re-encrypt at the top level; nothing else (a refresh is the identity)."""
+    def refresh(self, ciphers: Sequence[Cipher],
+                inspect: Callable[[list[np.ndarray]], None] | None = None) -> list[Cipher]:
+        """Decrypt and re-encrypt at the top level; nothing else (a refresh is the identity).
+
+        ``inspect`` sees the decrypted slot vectors before anything is re-encrypted (the key owner's
+        domain guard); whatever it raises stops the refresh."""
         ev = self.public().evaluator
         symmetric = getattr(self._owner, "encrypt_symmetric", None)
+        decrypted = [self.decrypt_vector(c) for c in ciphers]
+        if inspect is not None:
+            inspect(decrypted)
         out = []
-        for c in ciphers:
-            values = self.decrypt_vector(c)
+        for c, values in zip(ciphers, decrypted, strict=True):
             values = values if np.any(values.imag) else values.real
             if symmetric is None:
                 out.append(ev.encrypt(values))

@@ -11,28 +11,41 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from ..approx.softmax import SoftmaxConfig
 from ..ckks.evaluator import Cipher
 from ..ckks.secret import SecretContext
 from ..data.dataset import EncDataset
-from ..errors import ShapeError
+from ..errors import DomainError, ShapeError
+from ..functional.domain import StageBounds, stage_bounds
 from ..tensor.enctensor import EncTensor, encrypt
 from ..training.early_stopping import EarlyStopping
 from ..training.protocol import EpochVerdict
+from ..training.refresh_plan import RefreshPlan
 from .encrypt_data import encrypt_batches
+from .policy import KeyOwnerPolicy
 
 
 class KeyOwner:
     """Client-side party holding the SecretContext; implements the server's ``KeyOwnerLink``."""
 
-    def __init__(self, secret: SecretContext, early_stopping: EarlyStopping | None = None) -> None:
+    def __init__(self, secret: SecretContext, early_stopping: EarlyStopping | None = None, *,
+                 softmax_config: SoftmaxConfig | None = None) -> None:
         self.secret = secret
         self.early_stopping = early_stopping or EarlyStopping(patience=3)
+        self.softmax_config = softmax_config or SoftmaxConfig()
+        self.policy = KeyOwnerPolicy()
         self.history: list[dict[str, float]] = []
+        self.num_classes: int | None = None
         self._val_labels: dict[str, torch.Tensor] = {}
         self._best: dict[str, torch.Tensor] | None = None
         self._layouts: dict[str, Any] = {}
+
+    def expect(self, plan: RefreshPlan | None, *, replay_steps: int = 1) -> None:
+        """Answer only what ``plan`` (this key owner's own copy of the job) asks from now on."""
+        self.policy = KeyOwnerPolicy(plan, replay_steps=replay_steps)
 
     @property
     def public_context(self) -> Any:
@@ -49,11 +62,30 @@ class KeyOwner:
                                     encrypt_labels=not keep_labels, unit=unit)
         if keep_labels:
             self._val_labels[name] = torch.as_tensor(labels, dtype=torch.int64)[order]
+        self.num_classes = num_classes
         return ds
 
     # --- the server's requests ---------------------------------------------------------------------------
-    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
-        return self.secret.refresh(ciphers)
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
+        """Fresh encryptions of ``ciphers`` if the job plans them, after the domain guard has seen
+        the decrypted values (DomainError ends the job: the model would be silently wrong)."""
+        self.policy.check_refresh(stage, [c.level for c in ciphers])
+        guard = self._guard()
+
+        def inspect(values: list[np.ndarray]) -> None:
+            try:
+                guard.check(stage, np.stack([v.real for v in values]) if values else np.zeros(0))
+            except DomainError as err:
+                raise self.policy.end(err) from None
+
+        return self.secret.refresh(ciphers, inspect=inspect)
+
+    def _guard(self) -> StageBounds:
+        classes = self.num_classes or 2
+        if getattr(self, "_bounds_for", None) != classes:
+            self._bounds = stage_bounds(self.softmax_config, classes, params=self.secret.params)
+            self._bounds_for = classes
+        return self._bounds
 
     def validation_metrics(self, dataset: str, val_logits: list[EncTensor]) -> dict[str, float]:
         """Cross-entropy (float64) and accuracy of decrypted logits against the kept labels."""
@@ -63,12 +95,24 @@ class KeyOwner:
         labels = self._val_labels[dataset]
         if logits.shape[0] != labels.shape[0]:
             raise ShapeError(f"{logits.shape[0]} validation logits for {labels.shape[0]} labels")
+        radius = self.softmax_config.domain_radius
+        peak = float(logits.abs().max()) if logits.numel() else 0.0
+        if not peak <= radius:
+            raise self.policy.end(DomainError(
+                f"validation logits: a logit of magnitude {peak:.4g} lies outside the softmax's domain "
+                f"[−{radius:g}, {radius:g}]; training on such logits gives a silently wrong model. Lower "
+                "the learning rate, normalise the features, or use a wider SoftmaxConfig(domain_radius=...)"))
         loss = torch.nn.functional.cross_entropy(logits, labels).item()
         acc = (logits.argmax(1) == labels).double().mean().item()
         return {"val_loss": loss, "val_acc": acc}
 
     def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
                   state: dict[str, EncTensor]) -> EpochVerdict:
+        """Judge ``epoch`` once: a repeated epoch (a resume) gets the recorded stop bit, never a new one."""
+        recorded = self.policy.recorded_verdict(epoch)
+        self.policy.check_epoch_end([t.layout for t in val_logits], {k: v.layout for k, v in state.items()})
+        if recorded is not None:
+            return EpochVerdict(self._fresh(state), recorded)
         metrics = self.validation_metrics(dataset, val_logits)
         improved, stop = self.early_stopping.update(epoch, metrics["val_loss"])
         plain = {k: self.secret.decrypt(v) for k, v in state.items()}
@@ -76,11 +120,16 @@ class KeyOwner:
             self._best = plain
             self._layouts = {k: (v.layout, v.ctx) for k, v in state.items()}
         self.history.append({"epoch": epoch, **metrics, "improved": float(improved)})
+        self.policy.record_verdict(epoch, stop)
         refreshed = {k: encrypt(plain[k], v.ctx, layout=v.layout) for k, v in state.items()}
         return EpochVerdict(refreshed, stop)
 
+    def _fresh(self, state: dict[str, EncTensor]) -> dict[str, EncTensor]:
+        return {k: encrypt(self.secret.decrypt(v), v.ctx, layout=v.layout) for k, v in state.items()}
+
     def best_state(self) -> dict[str, EncTensor]:
         """Fresh encryptions of the best epoch's weights (the server loads them at the end)."""
+        self.policy.check_open()
         if self._best is None:
             raise ShapeError("no epoch has been judged yet")
         return {k: encrypt(v, self._layouts[k][1], layout=self._layouts[k][0]) for k, v in self._best.items()}
@@ -98,7 +147,8 @@ class KeyOwner:
                 "history": [dict(h) for h in self.history],
                 "best": best,
                 "layouts": {k: layout for k, (layout, _) in self._layouts.items()},
-                "val_labels": {k: v.clone() for k, v in self._val_labels.items()}}
+                "val_labels": {k: v.clone() for k, v in self._val_labels.items()},
+                "policy": self.policy.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` (e.g. to judge an epoch again after the server rolled back)."""
@@ -107,3 +157,5 @@ class KeyOwner:
         self._best = None if state["best"] is None else {k: v.clone() for k, v in state["best"].items()}
         self._layouts = {k: (layout, self.public_context) for k, layout in state["layouts"].items()}
         self._val_labels = {k: v.clone() for k, v in state["val_labels"].items()}
+        if "policy" in state:
+            self.policy.load_state_dict(state["policy"])

@@ -7,8 +7,10 @@
 The server asks for refreshes and epoch verdicts; this class answers them through the
 ``KeyOwner`` (which holds the SecretContext; nothing secret is ever sent). If the connection
 drops, it reconnects with the session id and the server continues from its last checkpoint.
-The server may then replay an epoch end it had already asked about: the key owner's state is
-rolled back to what it was before that epoch was first judged, so it is judged exactly once.
+The server may then replay an epoch end it had already asked about: the key owner answers with
+the verdict it recorded (an epoch is judged exactly once). What the key owner answers at all is
+held to its own copy of the job (``client.policy``); a refusal or a DomainError ends the job
+and is reported to the server before the connection closes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from websockets.sync.client import connect
 
 from ..ckks import serialize
 from ..data.dataset import EncDataset
-from ..errors import EncTorchError, SerializationError
+from ..errors import DomainError, EncTorchError, JobPolicyError, SerializationError
 from ..protocol import auth
 from ..protocol.channel import DEFAULT_MAX_MESSAGE_BYTES, Channel, client_handshake
 from ..protocol.ciphers import decode_ciphers, decode_tensor_list, decode_tensors, encode_ciphers, encode_tensors
@@ -58,11 +60,13 @@ from ..protocol.messages import (
     TrainingDone,
 )
 from ..storage.atomic import atomic_write_bytes, sha256_file
-from ..storage.dataset import read_manifest, write_dataset
+from ..storage.dataset import Manifest, read_manifest, write_dataset
 from ..storage.errors import StorageError
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
+from ..training.refresh_plan import RefreshPlan
 from .key_owner import KeyOwner
+from .policy import plan_job, replay_steps
 
 
 @dataclass
@@ -97,7 +101,7 @@ class RemoteSession:
         self.refreshed_ciphers = 0
         self._channel: Channel | None = None
         self._chunk = 1 << 20
-        self._snapshots: dict[int, dict[str, Any]] = {}
+        self._manifests: dict[str, Manifest] = {}
         if self.state_path is not None and self.state_path.exists():
             self._load_state()
 
@@ -179,6 +183,7 @@ class RemoteSession:
         """Send the public context and both datasets (skipping what the server already holds)."""
         with tempfile.TemporaryDirectory(prefix="et-upload-") as tmp:
             dirs = {role: _as_directory(ds, Path(tmp) / role) for role, ds in (("train", train), ("val", val))}
+            self._manifests = {role: read_manifest(d) for role, d in dirs.items()}
             self._with_reconnect(lambda: self._upload_all(dirs))
 
     def _upload_all(self, dirs: dict[str, Path]) -> None:
@@ -212,14 +217,33 @@ class RemoteSession:
         self.channel.expect(Ack, self.timeout)
 
     # --- training -----------------------------------------------------------------------------------------------
-    def train(self, job: dict[str, Any], init_model: dict[str, EncTensor]) -> dict[str, Any]:
-        """Start (or resume) training and answer the server until it is done; returns its summary."""
+    def train(self, job: dict[str, Any], init_model: dict[str, EncTensor], *,
+              builders: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start (or resume) training and answer the server until it is done; returns its summary.
+
+        The key owner answers only what this job plans (``client.policy``): its refreshes by stage
+        and level, one verdict per epoch, within the job's epochs. ``builders``: the client's copy of
+        the server's job builders (``server.job.BUILDERS``), from which it computes that plan."""
+        owner = self.key_owner
+        if set(self._manifests) != {"train", "val"}:
+            if self.status.get("stage") != "done":
+                raise JobPolicyError("call upload() before train(): the key owner plans the job from its datasets")
+            owner.expect(RefreshPlan.nothing())  # a finished session: only its summary is expected
         model = encode_tensors(init_model)
+        if owner.policy.plan is None:
+            train = self._manifests["train"]
+            policy_state = owner.policy.state_dict()
+            owner.expect(plan_job(self.ctx, job, init_model, train, self._manifests["val"], builders),
+                         replay_steps=replay_steps(job, train))
+            owner.policy.load_state_dict(policy_state)  # verdicts already given (a restarted client)
+        if owner.num_classes is None and "train" in self._manifests:
+            owner.num_classes = self._manifests["train"].num_classes
 
         def run() -> dict[str, Any]:
             if self.status.get("stage") == "upload":
                 self.channel.send(StartTraining(job, model))
             else:
+                owner.policy.resumed()
                 self.channel.send(ResumeTraining())
             return self._answer_until_done()
 
@@ -229,31 +253,36 @@ class RemoteSession:
         ch = self.channel
         while True:
             msg = ch.recv(self.timeout)
-            if isinstance(msg, RefreshRequest):
-                ciphers = decode_ciphers(msg.ciphers, self.ctx)
-                fresh = self.key_owner.refresh(ciphers)
-                self.refreshed_ciphers += len(fresh)
-                ch.send(RefreshReply(msg.request_id, encode_ciphers(self.ctx, fresh)))
-            elif isinstance(msg, EpochEndRequest):
-                ch.send(self._judge(msg))
-            elif isinstance(msg, BestStateRequest):
-                ch.send(BestStateReply(msg.request_id, encode_tensors(self.key_owner.best_state())))
-            elif isinstance(msg, Progress):
-                if self.on_progress is not None:
-                    self.on_progress(msg)
-            elif isinstance(msg, TrainingDone):
+            if isinstance(msg, TrainingDone):
                 self.status["stage"] = "done"
                 return msg.summary
-            else:
-                raise ProtocolError(f"unexpected {msg.TYPE} during training")
+            if isinstance(msg, Progress):
+                if self.on_progress is not None:
+                    self.on_progress(msg)
+                continue
+            try:
+                ch.send(self._answer(msg))
+            except (DomainError, JobPolicyError) as err:  # the job ends here; the server keeps its checkpoint
+                self._save_state()
+                ch.fail(err)
+                self._channel = None
+                raise
+
+    def _answer(self, msg: Any) -> Any:
+        if isinstance(msg, RefreshRequest):
+            ciphers = decode_ciphers(msg.ciphers, self.ctx)
+            fresh = self.key_owner.refresh(ciphers, stage=msg.stage)
+            self.refreshed_ciphers += len(fresh)
+            return RefreshReply(msg.request_id, encode_ciphers(self.ctx, fresh))
+        if isinstance(msg, EpochEndRequest):
+            return self._judge(msg)
+        if isinstance(msg, BestStateRequest):
+            return BestStateReply(msg.request_id, encode_tensors(self.key_owner.best_state()))
+        raise ProtocolError(f"unexpected {msg.TYPE} during training")
 
     def _judge(self, req: EpochEndRequest) -> EpochVerdictReply:
         logits = decode_tensor_list(req.val_logits, self.ctx)
         state = decode_tensors(req.state, self.ctx)
-        if req.epoch in self._snapshots:  # the server resumed before this epoch end: judge it afresh
-            self.key_owner.load_state_dict(self._snapshots[req.epoch])
-        self._snapshots = {e: s for e, s in self._snapshots.items() if e < req.epoch}
-        self._snapshots[req.epoch] = self.key_owner.state_dict()
         verdict = self.key_owner.end_epoch(req.epoch, req.dataset, logits, state)
         self._save_state()
         return EpochVerdictReply(req.request_id, verdict.stop, encode_tensors(verdict.refreshed))
@@ -272,21 +301,41 @@ class RemoteSession:
             return
         sections: dict[str, bytes] = {}
         meta = {"session_id": self.session_id, "url": self.url,
-                "snapshots": {str(e): _flatten_owner(s, f"s{e}.", sections) for e, s in self._snapshots.items()},
                 "current": _flatten_owner(self.key_owner.state_dict(), "cur.", sections)}
         atomic_write_bytes(self.state_path, serialize.pack("client_state", {"meta": serialize.dumps_json(meta),
                                                                              **sections}), mode=0o600)
 
     def _load_state(self) -> None:
-        assert self.state_path is not None
+        """Restore what ``_save_state`` wrote; anything malformed is a StorageError naming the file (the
+        file may have been damaged or replaced, so it is read like bytes from a stranger)."""
+        path, max_bytes = self.state_path, 1 << 32
+        assert path is not None
         try:
-            sections = serialize.unpack(self.state_path.read_bytes(), "client_state")
-            meta = serialize.loads_json(serialize.require(sections, "meta")[0])
-            self.session_id = self.session_id or meta["session_id"]
-            self._snapshots = {int(e): _restore_owner(s, sections) for e, s in meta["snapshots"].items()}
-            self.key_owner.load_state_dict(_restore_owner(meta["current"], sections))
-        except (SerializationError, KeyError, TypeError, ValueError) as err:
-            raise StorageError(self.state_path, f"cannot restore the client's session state: {err!r}") from None
+            with path.open("rb") as f:
+                size = f.seek(0, io.SEEK_END)
+                if size > max_bytes:
+                    raise StorageError(path, f"{size} bytes is larger than any client state ({max_bytes})")
+                f.seek(0)
+                raw = f.read(size + 1)
+        except OSError as err:
+            raise StorageError(path, f"cannot read the client's session state: {err.strerror or err}") from None
+        try:
+            sections = serialize.unpack(raw, "client_state")
+            meta = serialize.loads_json(serialize.require(sections, "meta")[0], "client state")
+            if not isinstance(meta, dict) or not {"session_id", "current"} <= set(meta):
+                raise SerializationError("the state must hold session_id and current")
+            session_id = meta["session_id"]
+            if session_id is not None and not (isinstance(session_id, str) and len(session_id) == 32
+                                               and set(session_id) <= set("0123456789abcdef")):
+                raise SerializationError("session_id must be null or 32 lowercase hex digits")
+            state = _restore_owner(meta["current"], sections, set(self.key_owner.early_stopping.state_dict()))
+        except EncTorchError as err:
+            raise StorageError(path, f"cannot restore the client's session state: {err}") from None
+        try:
+            self.key_owner.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # the policy's own record
+            raise StorageError(path, f"cannot restore the key owner's state: {err!r}"[:300]) from None
+        self.session_id = self.session_id or session_id
 
 
 def _as_directory(ds: EncDataset | str | Path, tmp: Path) -> Path:

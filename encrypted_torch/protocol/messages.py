@@ -295,13 +295,16 @@ class ResumeTraining(Message):
 # --- the server's requests during training ------------------------------------------------------------------
 @dataclass(frozen=True)
 class RefreshRequest(Message):
-    """S→C: ciphertexts out of levels (``protocol.ciphers`` bytes); answer RefreshReply."""
+    """S→C: ciphertexts out of levels (``protocol.ciphers`` bytes) and the op asking; answer RefreshReply."""
 
     TYPE: ClassVar[str] = "refresh_request"
     request_id: int
     ciphers: bytes
+    stage: str = ""
 
-    validate = _request_id
+    def validate(self) -> None:
+        _request_id(self)
+        _check(len(self.stage) <= 200 and self.stage.isprintable(), self, "stage is not a short printable name")
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ class NetworkKeyOwner:
         self._ids = itertools.count()
         self.round_trips = 0
 
-    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
         rid = next(self._ids)
-        self.channel.send(RefreshRequest(rid, encode_ciphers(self.ctx, ciphers)))
+        self.channel.send(RefreshRequest(rid, encode_ciphers(self.ctx, ciphers), stage))
         reply = self._reply(RefreshReply, rid)
         fresh = decode_ciphers(reply.ciphers, self.ctx, expected=len(ciphers))
         check_fresh(fresh, self.ctx.top_level)

@@ -22,7 +22,7 @@ from ..nn.loss import CrossEntropyLoss
 from ..nn.module import Module
 from ..optim.optimizer import EncOptimizer
 from ..profiling import section, timing
-from ..refresh import refresh_with
+from ..refresh import refresh_stage, refresh_with
 from ..tensor.enctensor import EncTensor
 from .protocol import KeyOwnerLink
 
@@ -83,9 +83,9 @@ class _TimedRefresher:
     def __init__(self, link: KeyOwnerLink) -> None:
         self.link = link
 
-    def refresh(self, ciphers: Sequence[Cipher]) -> list[Cipher]:
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
         with section("refresh"):
-            return self.link.refresh(ciphers)
+            return refresh_stage(self.link, ciphers, stage)
 
 
 class Trainer:

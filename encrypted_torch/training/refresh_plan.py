@@ -1,0 +1,132 @@
+"""What a training job will ask of the key owner, known before it starts: a dry run on a null backend.
+
+Refreshes depend on levels, never on values, so running the server's own training code (the same
+``Trainer.train_step`` and ``validation_logits``) on ciphers that carry levels but no data gives the
+exact refreshes of an epoch — by stage (the op asking) and level — and the layouts of the
+validation logits and of the state sent at each epoch end. The key owner holds the server to this
+plan (``client.policy``); the server could compute the same plan from the same job.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import parallel
+from ..ckks.evaluator import Cipher
+from ..ckks.public import PublicContext
+from ..data.dataset import EncBatch
+from ..functional.plan import NullBackend
+from ..tensor.enctensor import EncTensor, encrypt
+from ..tensor.layout import BlockLayout
+from .protocol import EpochVerdict
+from .trainer import Trainer
+
+Build = Callable[[PublicContext], tuple[Any, Any, Any]]
+
+
+@dataclass(frozen=True)
+class RefreshPlan:
+    """One epoch's refreshes and the epoch end's shapes, for a job of ``epochs`` epochs.
+
+    ``per_epoch``: refreshed ciphertexts by (stage, level) over an epoch's steps and its validation
+    pass (the largest of the first two epochs; later epochs start from the same fresh state as the
+    second). ``per_step``: the most one step asks by (stage, level), the unit of replay after a
+    resume. ``val_layouts``: the validation logits the key owner expects, batch by batch.
+    ``state_layouts``: what the server may send to refresh at an epoch end.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    per_epoch: dict[tuple[str, int], int]
+    per_step: dict[tuple[str, int], int]
+    validation: dict[tuple[str, int], int]
+    val_layouts: tuple[BlockLayout, ...]
+    state_layouts: dict[str, BlockLayout]
+
+    @property
+    def refreshes_per_epoch(self) -> int:
+        return sum(self.per_epoch.values())
+
+    @classmethod
+    def nothing(cls) -> RefreshPlan:
+        """The plan of a finished job: no refresh, no verdict."""
+        return cls(0, 0, {}, {}, {}, (), {})
+
+
+class _Recorder:
+    """The dry run's key owner: records each refresh and hands back a top-level null cipher."""
+
+    def __init__(self, ctx: PublicContext) -> None:
+        self.ctx = ctx
+        self.usage: Counter = Counter()
+
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
+        for c in ciphers:
+            self.usage[(stage, c.level)] += 1
+        return [self.ctx.evaluator.encrypt(0.0) for _ in ciphers]
+
+    def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
+                  state: dict[str, EncTensor]) -> EpochVerdict:
+        fresh = {k: encrypt(torch.zeros(v.shape), self.ctx, layout=v.layout) for k, v in state.items()}
+        return EpochVerdict(fresh, False)
+
+    def best_state(self) -> dict[str, EncTensor]:
+        return {}
+
+
+def null_context(ctx: PublicContext) -> PublicContext:
+    """A context with ``ctx``'s parameters, primes and rotation keys whose ops do nothing."""
+    backend = NullBackend(ctx.params, list(ctx.backend.primes), ctx.rotation_steps)
+    return PublicContext(ctx.params, backend, "plan", {})
+
+
+def plan_refreshes(ctx: PublicContext, build: Build, *, unit: tuple[int, int], num_features: int,
+                   num_classes: int, train_rows: Sequence[int], val_rows: Sequence[int],
+                   steps_per_epoch: int, epochs: int) -> RefreshPlan:
+    """Dry-run two epochs of ``build(null_ctx)``'s (model, optimizer, criterion) on null ciphers.
+
+    Every training step uses the largest batch (a smaller batch asks for no more refreshes).
+    Runs in an empty ``contextvars.Context`` on one process: the caller's counters, refresher and
+    timers see none of it. Milliseconds per step.
+    """
+    def run() -> RefreshPlan:
+        null = null_context(ctx)
+        rows = max(train_rows)
+        x = encrypt(torch.zeros(rows, num_features), null, layout=BlockLayout((rows, num_features), unit, "grid"))
+        y = encrypt(torch.zeros(rows, num_classes), null,
+                    layout=BlockLayout((rows, num_classes), unit, "horizontal"))
+        vals = [EncBatch(encrypt(torch.zeros(r, num_features), null,
+                                 layout=BlockLayout((r, num_features), unit, "grid")), None, r) for r in val_rows]
+        model, optimizer, criterion = build(null)
+        link = _Recorder(null)
+        trainer = Trainer(model, optimizer, link, criterion, progress=False)
+        epochs_usage, per_step, validation = [], Counter(), Counter()
+        val_layouts: tuple[BlockLayout, ...] = ()
+        state_layouts: dict[str, BlockLayout] = {}
+        with parallel.use_workers(1):
+            for epoch in range(2):
+                start = Counter(link.usage)
+                for _ in range(steps_per_epoch):
+                    before = Counter(link.usage)
+                    trainer.train_step(x, y, epoch)
+                    per_step |= link.usage - before
+                before = Counter(link.usage)
+                logits = trainer.validation_logits(vals)
+                validation |= link.usage - before
+                state = trainer._state_to_refresh()
+                val_layouts = tuple(t.layout for t in logits)
+                state_layouts.update({k: v.layout for k, v in state.items()})
+                trainer._load_refreshed(link.end_epoch(epoch, "val", logits, state).refreshed)
+                epochs_usage.append(link.usage - start)
+        per_epoch = epochs_usage[0] | epochs_usage[1]
+        return RefreshPlan(epochs, steps_per_epoch, dict(per_epoch), dict(per_step), dict(validation),
+                           val_layouts, state_layouts)
+
+    return contextvars.Context().run(run)
+
