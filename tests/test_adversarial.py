@@ -116,9 +116,9 @@ def malicious_server(workdir: Path, script: Callable[[NetworkKeyOwner, Any, dict
             thread.join(5)
 
 
-def client_data(seed: int = 0, patience: int = 3):
+def client_data(seed: int = 0, patience: int = 3, secret: et.SecretContext | None = None):
     """The honest client's key owner, datasets (16 validation labels) and initial model."""
-    secret = et.SecretContext.create("test", backend="plain")
+    secret = secret or et.SecretContext.create("test", backend="plain")
     owner = KeyOwner(secret, EarlyStopping(patience=patience))
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(4 * BATCH, FEATURES, generator=g, dtype=torch.float64)
@@ -275,3 +275,41 @@ def test_manifest_parsing_in_the_malicious_server_matches_the_client(tmp_path):
 
     manifest = write_dataset(train, tmp_path / "t")
     assert isinstance(Manifest.from_json(manifest.to_json()), Manifest)
+
+
+@pytest.mark.parametrize("backend", ["plain", "seal"])
+def test_an_honest_run_asks_exactly_its_plan(tmp_path, plain_ctx, seal_ctx, backend):
+    """The plan is exact: an honest HETAL run over two worker processes stays within it, and the
+    same plan with one ciphertext less at its busiest (stage, level) is refused."""
+    from encrypted_torch import parallel
+    from encrypted_torch.client.policy import plan_job
+    from encrypted_torch.server.job import build_hetal_linear, validate_job
+    from encrypted_torch.storage.dataset import StreamingLoader, write_dataset
+    from encrypted_torch.training import Trainer
+    from encrypted_torch.training.refresh_plan import RefreshPlan
+
+    secret = plain_ctx if backend == "plain" else seal_ctx
+    job = validate_job({**JOB, "epochs": 2, "optimizer": "nesterov"}, {"hetal-linear": build_hetal_linear})
+
+    def fit(plan: RefreshPlan | None) -> KeyOwner:
+        owner, train, val, init, _ = client_data(secret=secret)
+        if plan is None:
+            plan = plan_job(secret.public(), job, init, write_dataset(train, tmp_path / f"t{len(seen)}"),
+                            write_dataset(val, tmp_path / f"v{len(seen)}"))
+        seen.append(plan)
+        owner.expect(plan)
+        model, opt, crit = build_hetal_linear(owner.public_context, job, init, train.unit)
+        with parallel.use_workers(2):
+            Trainer(model, opt, owner, crit, progress=False).fit(StreamingLoader(train, seed=0), val, job["epochs"])
+        return owner
+
+    seen: list[RefreshPlan] = []
+    owner = fit(None)
+    plan = seen[0]
+    assert [h["epoch"] for h in owner.history] == [0, 1] and plan.refreshes_per_epoch > 0
+    if backend == "plain":
+        busiest = max(plan.per_epoch, key=plan.per_epoch.get)
+        tight = RefreshPlan(plan.epochs, plan.steps_per_epoch, {**plan.per_epoch, busiest: plan.per_epoch[busiest] - 1},
+                            plan.per_step, plan.validation, plan.val_layouts, plan.state_layouts)
+        with pytest.raises(JobPolicyError, match="refused"):
+            fit(tight)
