@@ -19,6 +19,7 @@ from ..nn.linear import Linear
 from ..tensor.enctensor import EncTensor
 from ..training.trainer import FitResult, Trainer
 from .key_owner import KeyOwner
+from .policy import plan_job
 
 
 @dataclass
@@ -64,6 +65,7 @@ def run_in_process(prep: PreparedRun, key_owner: KeyOwner | None = None) -> tupl
 
     job = validate_job(prep.job(), {"hetal-linear": build_hetal_linear})
     owner = key_owner or prep.key_owner
+    owner.expect(plan_job(owner.public_context, job, prep.init, prep.train, prep.val))  # as a remote run does
     model, optimizer, criterion = build_hetal_linear(owner.public_context, job, prep.init, prep.train.unit)
     loader = StreamingLoader(prep.train, shuffle=True, seed=job["seed"], max_steps=job["max_steps"])
     result = Trainer(model, optimizer, owner, criterion, progress=False).fit(loader, prep.val, job["epochs"])

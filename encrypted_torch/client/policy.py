@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from ..data.dataset import EncDataset
 from ..errors import EncTorchError, JobPolicyError
 from ..storage.dataset import Manifest
 from ..tensor.layout import BlockLayout
@@ -130,10 +131,10 @@ class KeyOwnerPolicy:
         self.ended = None if state["ended"] is None else str(state["ended"])
 
 
-def plan_job(ctx: Any, job: dict[str, Any], init: dict[str, Any], train: Manifest, val: Manifest,
-             builders: dict[str, Any] | None = None) -> RefreshPlan:
-    """The refresh plan of a server job on these datasets, from the client's own copy of the job and
-    of its builder (``server.job.BUILDERS`` unless given)."""
+def plan_job(ctx: Any, job: dict[str, Any], init: dict[str, Any], train: Manifest | EncDataset,
+             val: Manifest | EncDataset, builders: dict[str, Any] | None = None) -> RefreshPlan:
+    """The refresh plan of a server job on these datasets (manifests or the encrypted sets), from the
+    client's own copy of the job and of its builder (``server.job.BUILDERS`` unless given)."""
     import torch
 
     from ..server.job import BUILDERS, validate_job

@@ -15,6 +15,7 @@ import torch
 
 from ..ckks.secret import SecretContext
 from ..client.key_owner import KeyOwner
+from ..client.policy import plan_job
 from ..data.dataset import DataLoader
 from ..nn.linear import Linear
 from ..optim import NAG, SGD
@@ -122,6 +123,10 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
         nesterov = cfg.optimizer == "nesterov"
         opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum if nesterov else 0.0, nesterov=nesterov)
     loader = _Limited(DataLoader(train, shuffle=True, seed=cfg.seed), cfg.max_steps)
+    job = {"model": "hetal-linear", "in_features": d, "out_features": c, "bias": True, "optimizer": cfg.optimizer,
+           "lr": cfg.lr, "momentum": cfg.momentum, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+           "seed": cfg.seed, "checkpoint_every": 1}
+    client.expect(plan_job(client.public_context, job, dict(model.state_dict()), train, val))  # as remote runs
     trainer = Trainer(model, opt, client, progress=progress)
     enc = trainer.fit(loader, val, cfg.epochs)
 
