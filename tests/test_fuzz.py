@@ -480,6 +480,8 @@ def _manifest(ctx: Any) -> dict[str, Any]:
 @example(mutation=("meta", [1, 0, 0], deep(10_000)), as_file=False)
 @example(mutation=("meta", [9], 10**400), as_file=False)
 @example(mutation=("meta", [9], Raw("1" + "0" * 400)), as_file=True)
+@example(mutation=("meta", [42], deep(1991)), as_file=False)  # found by the fuzz profile: repr() in a message
+@example(mutation=("meta", [116], deep(1991)), as_file=False)
 def test_fuzz_manifest(plain_ctx, fuzz_dir, mutation, as_file):
     hostile = mutate_meta(_manifest(plain_ctx), mutation)
     if as_file:
@@ -529,6 +531,8 @@ def _client_state(plain_ctx: et.SecretContext, path: Path) -> bytes:
 @example(mutation=("meta", [0, 2], []))
 @example(mutation=("meta", [0, 3, 0], Raw("1" + "0" * 400)))
 @example(mutation=("section", "mutate", 0, 0, [("flip", 9, 0x40)]))
+@example(mutation=("section", "mutate", 1, 0, [("flip", 12807, 123)]))  # found: tokenize.TokenError in np.load
+@example(mutation=("section", "mutate", 1, 0, [("flip", 40, ord("("))]))
 def test_fuzz_client_state(plain_ctx, fuzz_dir, mutation):
     path = fuzz_dir / "client_state.et"
     valid = _client_state(plain_ctx, path)

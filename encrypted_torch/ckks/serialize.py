@@ -170,8 +170,9 @@ def load_npy(raw: bytes, what: str = "array") -> np.ndarray:
             raise ValueError(f"unsupported .npy version {version}")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(buf)
-    except (ValueError, TypeError, SyntaxError, EOFError, OverflowError, RecursionError, MemoryError) as err:
-        raise SerializationError(f"{what}: not a .npy array ({str(err)[:120]})") from None
+    except Exception as err:  # noqa: BLE001 - numpy parses the header text with tokenize and literal_eval,
+        # which raise TokenError, SyntaxError, ValueError, MemoryError, ... on hostile text
+        raise SerializationError(f"{what}: not a .npy array ({type(err).__name__}: {str(err)[:120]})") from None
     if dtype.str not in _NPY_DTYPES:
         raise SerializationError(f"{what}: dtype {dtype.str} is not a plain number type")
     if len(shape) > 32 or not all(type(d) is int and 0 <= d < 2**48 for d in shape):

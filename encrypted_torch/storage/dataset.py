@@ -114,7 +114,7 @@ class Manifest:
             raise ValueError(f"not a {FORMAT} version {VERSION} manifest")
         name = _text(obj["name"], "name")
         if not name or not all(ch.isalnum() or ch in "_-" for ch in name) or len(name) > 64:
-            raise ValueError(f"dataset name {name!r} must be 1-64 letters, digits, '_' or '-'")
+            raise ValueError(f"dataset name {_show(name)} must be 1-64 letters, digits, '_' or '-'")
         classes, features = _int(obj["num_classes"], 1, 1 << 12), _int(obj["num_features"], 1, _MAX_COUNT)
         unit = obj["unit"]
         if not isinstance(unit, list) or len(unit) != 2:
@@ -137,7 +137,7 @@ class Manifest:
             batches.append(BatchEntry(_int(b["rows"], 1, _MAX_COUNT), x, y))
         m = cls(name, classes, features, (s0, s1), ckks, fingerprint, tuple(batches))
         if obj.get("num_samples") != m.num_samples:
-            raise ValueError(f"num_samples {obj.get('num_samples')} but the batches hold {m.num_samples} rows")
+            raise ValueError(f"num_samples {_show(obj.get('num_samples'))} but the batches hold {m.num_samples} rows")
         if any(b.y is not None for b in batches) and not m.has_labels:
             raise ValueError("either every batch has labels or none does")
         return m
@@ -156,7 +156,7 @@ class Manifest:
 
 def _int(v: Any, lo: int, hi: int) -> int:
     if type(v) is not int or not lo <= v <= hi:
-        raise ValueError(f"expected an integer in [{lo}, {hi}], got {v!r}")
+        raise ValueError(f"expected an integer in [{lo}, {hi}], got {_show(v)}")
     return v
 
 
@@ -173,6 +173,16 @@ def _ckks_record(ckks: Any) -> dict[str, Any]:
     return ckks
 
 
+def _show(v: Any) -> str:
+    """A hostile value for an error message: scalars shortened, containers by type (their repr could
+    recurse 10,000 levels deep or run to megabytes)."""
+    if v is None or isinstance(v, (bool, int, float)):
+        return repr(v) if not isinstance(v, int) or abs(v) < 10**30 else "a huge integer"
+    if isinstance(v, str):
+        return repr(v[:40]) + ("…" if len(v) > 40 else "")
+    return f"a {type(v).__name__}"
+
+
 def _text(v: Any, what: str) -> str:
     if not isinstance(v, str):
         raise TypeError(f"{what} must be a string")
@@ -183,7 +193,7 @@ def _file_entry(obj: Any, expected_name: str) -> FileEntry:
     if not isinstance(obj, dict) or set(obj) != {"file", "bytes", "sha256"}:
         raise ValueError(f"file entry for {expected_name} must hold file, bytes, sha256")
     if obj["file"] != expected_name:  # fixed names: no path can escape the directory
-        raise ValueError(f"file {obj['file']!r} where {expected_name!r} belongs")
+        raise ValueError(f"file {_show(obj['file'])} where {expected_name!r} belongs")
     digest = _text(obj["sha256"], "sha256")
     if len(digest) != 64 or not set(digest) <= _HEX:
         raise ValueError(f"{expected_name}: sha256 must be 64 lowercase hex digits")
