@@ -204,3 +204,19 @@ def _get(body: bytes, pos: int) -> tuple[bytes, int]:
     if pos + n > len(body):
         raise SerializationError("a name runs past the end of the bytes")
     return body[pos : pos + n], pos + n
+
+
+def cipher_meta(item: Any, what: str, top_level: int,
+                error: type[Exception] = SerializationError) -> tuple[int, float, int]:
+    """A ciphertext's recorded [level, scale, size], checked before any float() or SEAL call; ``error``
+    (an EncTorchError subclass) names the decoder's own error type."""
+    if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[2]) is not int
+            or type(item[1]) not in (int, float)):
+        raise error(f"{what}: metadata must be [level, scale, size]")
+    level, scale, size = item
+    if type(scale) is int and not 0 < scale < 2**63:  # float() of a huge int overflows
+        raise error(f"{what}: scale {scale} out of range")
+    scale = float(scale)
+    if not 0 <= level <= top_level or size not in (2, 3) or not 0 < scale < math.inf:
+        raise error(f"{what}: invalid level/scale/size {level, scale, size}")
+    return level, scale, size

@@ -6,7 +6,6 @@ fingerprint, each ciphertext's recorded level/scale/size against what SEAL repor
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +47,7 @@ def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[C
     out = []
     level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows a ciphertext's level; plain slots do not
     for i, item in enumerate(info):
-        level, scale, size = _cipher_info(item, i, ctx.top_level)
+        level, scale, size = serialize.cipher_meta(item, f"ciphertext {i}", ctx.top_level, ProtocolError)
         (raw,) = serialize.require(sections, f"c{i}")
         handle = ctx.backend.handle_from_bytes(raw)
         if level_of is not None:
@@ -57,20 +56,6 @@ def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[C
                 raise ProtocolError(f"ciphertext {i}: level/scale/size {found}, recorded as {level, scale, size}")
         out.append(Cipher(handle, level, scale, ctx.fingerprint, size))
     return out
-
-
-def _cipher_info(item: Any, i: int, top_level: int) -> tuple[int, float, int]:
-    """A ciphertext's recorded [level, scale, size], checked before any float() or SEAL call."""
-    if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[2]) is not int
-            or type(item[1]) not in (int, float)):
-        raise ProtocolError(f"ciphertext {i}: metadata must be [level, scale, size]")
-    level, scale, size = item
-    if type(scale) is int and not 0 < scale < 2**63:  # float() of a huge int overflows
-        raise ProtocolError(f"ciphertext {i}: scale {scale} out of range")
-    scale = float(scale)
-    if not 0 <= level <= top_level or size not in (2, 3) or not 0 < scale < math.inf:
-        raise ProtocolError(f"ciphertext {i}: invalid level/scale/size {level, scale, size}")
-    return level, scale, size
 
 
 def encode_tensors(tensors: dict[str, EncTensor]) -> dict[str, bytes]:

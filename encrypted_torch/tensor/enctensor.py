@@ -7,7 +7,6 @@ it. Values never appear in its repr, and it refuses bool()/float().
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any
 
 import numpy as np
@@ -285,7 +284,7 @@ class EncTensor:
         level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows; plain slots do not
         flat = []
         for k, item in enumerate(blocks):
-            lv, sc, sz = _block_info(item, k, ctx.top_level)
+            lv, sc, sz = serialize.cipher_meta(item, f"block {k}", ctx.top_level)
             (raw,) = serialize.require(sections, f"b{k}")
             handle = ctx.backend.handle_from_bytes(raw)
             if level_of is not None:
@@ -299,20 +298,6 @@ class EncTensor:
 
 def _int_pair(v: Any) -> bool:
     return isinstance(v, list) and len(v) == 2 and all(type(x) is int and 0 < x < 2**62 for x in v)
-
-
-def _block_info(item: Any, k: int, top_level: int) -> tuple[int, float, int]:
-    """A block's recorded [level, scale, size], checked before float() or SEAL sees it."""
-    if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[2]) is not int
-            or type(item[1]) not in (int, float)):
-        raise SerializationError(f"block {k}: metadata must be [level, scale, size]")
-    lv, sc, sz = item
-    if type(sc) is int and not 0 < sc < 2**63:  # float() of a huge int overflows
-        raise SerializationError(f"block {k}: scale {sc} out of range")
-    sc = float(sc)
-    if not 0 <= lv <= top_level or sz not in (2, 3) or not 0 < sc < math.inf:
-        raise SerializationError(f"block {k}: invalid level/scale/size {lv, sc, sz}")
-    return lv, sc, sz
 
 
 def _public(ctx: Any) -> PublicContext:
