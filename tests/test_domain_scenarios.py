@@ -63,3 +63,37 @@ def test_in_domain_training_on_seal_never_trips_the_guard(seal_ctx):
     """The honest side: the same run with features inside the domain trains to the end on SEAL."""
     trainer, owner, err = iris_run(seal_ctx, 1.0, SoftmaxConfig(), 2)
     assert err is None and len(trainer.result.steps) == 6 and [h["epoch"] for h in owner.history] == [0, 1]
+
+
+def test_across_processes_the_client_ends_the_job_and_the_server_keeps_its_last_good_checkpoint(tmp_path, seal_ctx):
+    """Step 0 trains, step 1's logits overflow: the client's guard raises DomainError, reports it to the
+    server, and the session keeps the checkpoint of step 0 (nothing after the bad step is saved)."""
+    import json
+
+    from sklearn.datasets import load_iris
+    from test_server import TOKEN, running_server
+
+    from encrypted_torch.client.remote import RemoteSession, RetryPolicy
+
+    x, y = load_iris(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True) * 30.0
+    y = torch.tensor(y)
+    owner = KeyOwner(seal_ctx, EarlyStopping(patience=5))
+    train = owner.encrypt_dataset(x[:64], y[:64], num_classes=3, batch_size=32)
+    val = owner.encrypt_dataset(x[64:96], y[64:96], num_classes=3, batch_size=32, name="val", keep_labels=True)
+    torch.manual_seed(0)
+    init = {"weight_bias": Linear(4, 3).encrypt(owner.public_context, unit=train.unit).weight_bias.detach()}
+    job = {"model": "hetal-linear", "in_features": 4, "out_features": 3, "lr": 1.0, "epochs": 2,
+           "optimizer": "nesterov", "checkpoint_every": 1}
+    with running_server(tmp_path) as (server, url):
+        session = RemoteSession(url, TOKEN, owner, timeout=60, retry=RetryPolicy(attempts=1, deadline=1))
+        session.connect()
+        session.upload(train, val)
+        with pytest.raises(DomainError, match="softmax|validation"):
+            session.train(job, init)
+        record = json.loads((tmp_path / "sessions" / session.session_id / "session.json").read_text())
+    assert record["stage"] == "training" and record["checkpoint"]["step"] == 1 and record["checkpoint"]["epoch"] == 0
+    assert (tmp_path / "sessions" / session.session_id / "checkpoint.et").exists()
+    with pytest.raises(JobPolicyError, match="ended this job"):
+        owner.refresh([], stage="softmax normalize")
