@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from .. import optim
 from ..ckks.secret import SecretContext
 from ..client.key_owner import KeyOwner
 from ..client.policy import plan_job
 from ..data.dataset import DataLoader
 from ..nn.linear import Linear
-from ..optim import NAG, SGD
 from ..tensor.layout import next_pow2
 from ..training.early_stopping import EarlyStopping
 from ..training.trainer import FitResult, Trainer
@@ -117,11 +117,7 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
 
     # --- server: holds secret.public() only (through the encrypted tensors) --------------------------------
     model.encrypt(client.public_context, unit=train.unit)
-    if cfg.optimizer == "nag":
-        opt: Any = NAG(model.parameters(), lr=cfg.lr)
-    else:
-        nesterov = cfg.optimizer == "nesterov"
-        opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum if nesterov else 0.0, nesterov=nesterov)
+    opt = optim.from_name(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     loader = _Limited(DataLoader(train, shuffle=True, seed=cfg.seed), cfg.max_steps)
     job = {"model": "hetal-linear", "in_features": d, "out_features": c, "bias": True, "optimizer": cfg.optimizer,
            "lr": cfg.lr, "momentum": cfg.momentum, "epochs": cfg.epochs, "max_steps": cfg.max_steps,

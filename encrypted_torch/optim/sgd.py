@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..autograd.function import no_grad
-from ..profiling import section
+from ..nn.parameter import Parameter
+from ..tensor.enctensor import EncTensor
 from . import functional as F
-from .optimizer import EncOptimizer
+from .optimizer import Optimizer
 
 
-class SGD(EncOptimizer):
+class SGD(Optimizer):
     """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)``, exactly torch's rule.
 
     Momentum buffers are encrypted. Levels: one per scalar multiplication (lr, momentum,
@@ -27,22 +27,16 @@ class SGD(EncOptimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
 
-    def step(self) -> None:
-        with no_grad(), section("optimizer"):
-            for g in self.param_groups:
-                for p in g["params"]:
-                    if p.grad is None:
-                        continue
-                    state = self.state.setdefault(p, {})
-                    new_p, buf = F.sgd(p.detach(), p.grad, state.get("momentum_buffer"), lr=g["lr"],
-                                       momentum=g["momentum"], dampening=g["dampening"],
-                                       nesterov=g["nesterov"], weight_decay=g["weight_decay"])
-                    if buf is not None:
-                        state["momentum_buffer"] = buf
-                    p.set_(new_p)
+    def _update(self, group: dict[str, Any], param: Parameter, state: dict[str, Any]) -> EncTensor:
+        new_p, buf = F.sgd(param.detach(), param.grad, state.get("momentum_buffer"), lr=group["lr"],
+                           momentum=group["momentum"], dampening=group["dampening"],
+                           nesterov=group["nesterov"], weight_decay=group["weight_decay"])
+        if buf is not None:
+            state["momentum_buffer"] = buf
+        return new_p
 
 
-class NAG(EncOptimizer):
+class NAG(Optimizer):
     """Nesterov's accelerated gradient as in HETAL's lineage (Kim et al. 2018; HETAL.md §5).
 
     v_{t+1} = w_t − η∇L(w_t);  w_{t+1} = (1−γ_t)·v_{t+1} + γ_t·v_t, with public γ_t
@@ -54,15 +48,8 @@ class NAG(EncOptimizer):
             raise ValueError(f"invalid learning rate {lr}")
         super().__init__(params, dict(lr=lr))
 
-    def step(self) -> None:
-        with no_grad(), section("optimizer"):
-            for g in self.param_groups:
-                for p in g["params"]:
-                    if p.grad is None:
-                        continue
-                    state = self.state.setdefault(p, {"step": 0})
-                    state["step"] += 1
-                    gamma = F.nag_gammas(state["step"])[-1]
-                    new_p, v = F.nag(p.detach(), p.grad, state.get("v"), lr=g["lr"], gamma=gamma)
-                    state["v"] = v
-                    p.set_(new_p)
+    def _update(self, group: dict[str, Any], param: Parameter, state: dict[str, Any]) -> EncTensor:
+        state["step"] = state.get("step", 0) + 1
+        gamma = F.nag_gammas(state["step"])[-1]
+        new_p, state["v"] = F.nag(param.detach(), param.grad, state.get("v"), lr=group["lr"], gamma=gamma)
+        return new_p

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..nn.linear import Linear
-from ..optim import NAG, SGD
+from ..optim import from_name as optim_from_name
 from ..optim.optimizer import EncOptimizer
 from ..protocol.errors import JobConfigError
 from ..tensor.enctensor import EncTensor
@@ -58,10 +58,7 @@ def validate_job(job: Any, builders: dict[str, Builder]) -> dict[str, Any]:
 
 def make_optimizer(job: dict[str, Any], params: Any) -> EncOptimizer:
     """The job's optimizer, as hetal.pipeline builds it (so a remote run equals an in-process one)."""
-    if job["optimizer"] == "nag":
-        return NAG(params, lr=job["lr"])
-    nesterov = job["optimizer"] == "nesterov"
-    return SGD(params, lr=job["lr"], momentum=job["momentum"] if nesterov else 0.0, nesterov=nesterov)
+    return optim_from_name(job["optimizer"], params, lr=job["lr"], momentum=job["momentum"])
 
 
 def build_hetal_linear(ctx: Any, job: dict[str, Any], init: dict[str, EncTensor],
