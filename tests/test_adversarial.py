@@ -313,3 +313,25 @@ def test_an_honest_run_asks_exactly_its_plan(tmp_path, plain_ctx, seal_ctx, back
                             plan.per_step, plan.validation, plan.val_layouts, plan.state_layouts)
         with pytest.raises(JobPolicyError, match="refused"):
             fit(tight)
+
+
+def test_the_client_refuses_a_large_frame_from_an_unauthenticated_server(tmp_path):
+    """Before the server proves it holds the token (its sealed Welcome), the client accepts 64 KiB frames
+    only: a stranger's 1 MiB frame is refused with a typed error, not buffered."""
+    from encrypted_torch.protocol.errors import ConnectionLostError, MessageTooLargeError
+
+    def handle(ws: Any) -> None:
+        with contextlib.suppress(Exception):
+            ws.send(b"\0" * (1 << 20))
+            ws.recv(5)
+
+    owner, *_ = client_data()
+    with serve(handle, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        session = RemoteSession(f"ws://127.0.0.1:{server.socket.getsockname()[1]}", TOKEN, owner, timeout=10)
+        with pytest.raises((MessageTooLargeError, ConnectionLostError)) as caught:
+            session.connect()
+        server.shutdown()
+        thread.join(5)
+    assert "closed because a message was over the size limit" in str(caught.value)  # websockets refused it

@@ -35,7 +35,7 @@ from ..ckks import serialize
 from ..data.dataset import EncDataset
 from ..errors import DomainError, EncTorchError, JobPolicyError, SerializationError
 from ..protocol import auth
-from ..protocol.channel import DEFAULT_MAX_MESSAGE_BYTES, Channel, client_handshake
+from ..protocol.channel import DEFAULT_MAX_MESSAGE_BYTES, PREAUTH_MAX_BYTES, Channel, client_handshake
 from ..protocol.ciphers import decode_ciphers, decode_tensor_list, decode_tensors, encode_ciphers, encode_tensors
 from ..protocol.errors import AuthenticationError, ConnectionLostError, ProtocolError
 from ..protocol.messages import (
@@ -115,7 +115,7 @@ class RemoteSession:
         stack = contextlib.ExitStack()  # connect() is a context manager in every websockets version we accept
         tls = {"ssl": self.ssl_context} if self.url.startswith("wss://") and self.ssl_context else {}
         try:
-            ws = stack.enter_context(connect(self.url, max_size=self.max_message_bytes + auth.HEADER_BYTES,
+            ws = stack.enter_context(connect(self.url, max_size=PREAUTH_MAX_BYTES + auth.HEADER_BYTES,
                                              compression=None, max_queue=4, open_timeout=30, ping_interval=20,
                                              ping_timeout=120, **tls))
         except ssl.SSLCertVerificationError as err:  # not transient: no reconnect will fix it

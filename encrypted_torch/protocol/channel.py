@@ -189,6 +189,7 @@ def client_handshake(ws: Any, token: bytes, session_id: str, fingerprint: str, m
     channel.sealer = auth.Sealer(send_key=c2s, recv_key=s2c)
     channel.max_message_bytes = max_message_bytes
     channel.peer_max_message_bytes = server_hello.max_message_bytes
-    welcome = channel.expect(Welcome, timeout)
+    welcome = channel.expect(Welcome, timeout)  # sealed: the server holds the token
     channel.handshaking = False
+    raise_frame_limit(ws, max_message_bytes + auth.HEADER_BYTES)  # the client connects with PREAUTH_MAX_BYTES
     return channel, welcome, server_hello
