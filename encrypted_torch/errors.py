@@ -24,14 +24,20 @@ class DepthError(EncTorchError):
 
     def __init__(self, op: str, needed: int, left: int, hint: str | None = None) -> None:
         self.op, self.needed, self.left, self.hint = op, needed, left, hint
+        # No preset holds a training step (the softmax alone takes 24-72 levels; SEAL cannot
+        # bootstrap), so the advice is a refresher, not a deeper preset.
         hint = hint or (
-            "refresh the operand (with encrypted_torch.refresh_with(secret_ctx)) "
-            "or pick a deeper preset"
+            "run it inside `with encrypted_torch.refresh_with(key_owner):` so the key owner refreshes "
+            "the operand (Trainer.fit does this for you)"
         )
         super().__init__(f"{op} needs {needed} level(s), {left} left; {hint}")
 
     def __reduce__(self) -> tuple:  # picklable, so a worker process can hand it back
         return DepthError, (self.op, self.needed, self.left, self.hint)
+
+
+class EncryptionRequiredError(EncTorchError, TypeError):
+    """A plaintext torch.Tensor where an encrypted one is needed (``model(x)``, ``load_state_dict``)."""
 
 
 class DomainError(EncTorchError, ValueError):

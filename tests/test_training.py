@@ -106,3 +106,74 @@ def _assert_no_secret_reachable(root: object) -> None:
             stack.extend(obj)
         elif hasattr(obj, "__dict__"):
             stack.extend(vars(obj).values())
+
+
+# --- fit's inputs and jobs ------------------------------------------------------------------------------------
+
+def _toy_job(secret, n=32, batch=16, patience=5):
+    from encrypted_torch import optim
+    from encrypted_torch.client import KeyOwner
+    from encrypted_torch.training import EarlyStopping
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(n, 6, generator=g) - 0.5, torch.randint(0, 3, (n,), generator=g)
+    owner = KeyOwner(secret, EarlyStopping(patience=patience))
+    train = owner.encrypt_dataset(x, y, num_classes=3, batch_size=batch)
+    val = owner.encrypt_dataset(x, y, num_classes=3, batch_size=batch, name="val", keep_labels=True)
+    model = nn.Linear(6, 3, init="zeros").encrypt(owner.public_context, unit=train.unit)
+    return owner, train, val, model, optim.SGD(model.parameters(), lr=0.5)
+
+
+@pytest.mark.parametrize("kind", ["dataset", "tuples", "our_loader", "torch_loader"])
+def test_fit_takes_any_iterable_of_x_y_batches(plain_ctx, kind):
+    from encrypted_torch.data.dataset import DataLoader
+    from encrypted_torch.training import Trainer
+
+    owner, train, val, model, opt = _toy_job(plain_ctx)
+    data = {"dataset": train, "tuples": [(b.x, b.y) for b in train], "our_loader": DataLoader(train, seed=1),
+            "torch_loader": torch.utils.data.DataLoader(train, batch_size=None, shuffle=True)}[kind]
+    result = Trainer(model, opt, key_owner=owner, progress=False).fit(data, val, epochs=2)
+    assert len(result.steps) == 4 and result.epochs_run == 2
+    assert [h["epoch"] for h in owner.history] == [0, 1]
+    assert owner.decrypt(model.weight).abs().max() > 0
+
+
+def test_fit_without_validation_says_so_and_keeps_the_last_weights(plain_ctx):
+    from encrypted_torch.training import Trainer
+
+    owner, train, _, model, opt = _toy_job(plain_ctx)
+    with pytest.warns(UserWarning, match="no early stopping"):
+        result = Trainer(model, opt, key_owner=owner, progress=False).fit(train, None, epochs=2)
+    assert result.epochs_run == 2 and result.stopped_epoch == -1 and owner.history == []
+    assert owner.decrypt(model.weight).abs().max() > 0
+
+
+def test_fitting_twice_starts_fresh_unless_asked_to_continue(plain_ctx):
+    from encrypted_torch.training import Trainer
+
+    owner, train, val, model, opt = _toy_job(plain_ctx, patience=1)
+    trainer = Trainer(model, opt, key_owner=owner, progress=False)
+    first = trainer.fit(train, val, epochs=2)
+    assert first.epochs_run == 2 and [h["epoch"] for h in owner.history] == [0, 1]
+    second = trainer.fit(train, val, epochs=2)  # a new job: epoch 0 again, early stopping reset
+    assert second.epochs_run == 2 and [h["epoch"] for h in owner.history] == [0, 1]
+    assert [[h["epoch"] for h in job] for job in owner.past_jobs] == [[0, 1]]
+    more = trainer.fit(train, val, epochs=4, start_epoch=2, resume=True)  # the same job, epochs 2 and 3
+    assert [h["epoch"] for h in owner.history][:3] == [0, 1, 2] and more.epochs_run >= 3
+    judged = list(owner.history)
+    trainer.fit(train, val, epochs=1, resume=True)  # a replayed epoch gets its recorded bit, no new verdict
+    assert owner.history == judged
+
+
+def test_begin_job_keeps_the_plan_and_the_server_link_cannot_reset(plain_ctx):
+    from encrypted_torch.server.link import NetworkKeyOwner
+    from encrypted_torch.training.refresh_plan import RefreshPlan
+    from encrypted_torch.training.trainer import StartsJobs
+
+    owner, *_ = _toy_job(plain_ctx)
+    plan = RefreshPlan.__new__(RefreshPlan)
+    owner.expect(plan, replay_steps=3)
+    owner.begin_job()
+    assert owner.policy.plan is plan and owner.policy.replay_steps == 3 and owner.policy.verdicts == {}
+    assert isinstance(owner, StartsJobs)
+    assert not hasattr(NetworkKeyOwner, "begin_job")

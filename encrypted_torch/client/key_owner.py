@@ -8,6 +8,7 @@ encryptions and one continue/stop bit.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from ..approx.softmax import SoftmaxConfig
 from ..ckks.evaluator import Cipher
+from ..ckks.params import CKKSParams
 from ..ckks.secret import SecretContext
 from ..data.dataset import EncDataset
 from ..errors import DomainError, ShapeError
@@ -29,15 +31,21 @@ from .policy import KeyOwnerPolicy
 
 
 class KeyOwner:
-    """Client-side party holding the SecretContext; implements the server's ``KeyOwnerLink``."""
+    """Client-side party holding the SecretContext; implements the server's ``KeyOwnerLink``.
+
+    It works wherever a SecretContext does (``owner.decrypt(x)``, ``loss.value(owner)``,
+    ``model.to_torch(owner)``, ``refresh_with(owner)``): those calls go to its secret context.
+    """
 
     def __init__(self, secret: SecretContext, early_stopping: EarlyStopping | None = None, *,
                  softmax_config: SoftmaxConfig | None = None) -> None:
         self.secret = secret
         self.early_stopping = early_stopping or EarlyStopping(patience=3)
+        self._early_stopping_config = copy.deepcopy(self.early_stopping)
         self.softmax_config = softmax_config or SoftmaxConfig()
         self.policy = KeyOwnerPolicy()
         self.history: list[dict[str, float]] = []
+        self.past_jobs: list[list[dict[str, float]]] = []
         self.num_classes: int | None = None
         self._val_labels: dict[str, torch.Tensor] = {}
         self._best: dict[str, torch.Tensor] | None = None
@@ -47,9 +55,49 @@ class KeyOwner:
         """Answer only what ``plan`` (this key owner's own copy of the job) asks from now on."""
         self.policy = KeyOwnerPolicy(plan, replay_steps=replay_steps)
 
+    def begin_job(self, plan: RefreshPlan | None = None) -> None:
+        """Start a new job in this process (``Trainer.fit`` calls it): early stopping as configured,
+        no best epoch, fresh verdict records under ``plan`` (default: the plan ``expect`` set).
+        The history so far moves to ``past_jobs``; kept validation labels stay. Only an in-process
+        caller can do this: the network link to a server offers no such request."""
+        self.policy = KeyOwnerPolicy(plan if plan is not None else self.policy.plan,
+                                     replay_steps=self.policy.replay_steps)
+        self.early_stopping = copy.deepcopy(self._early_stopping_config)
+        if self.history:
+            self.past_jobs.append(self.history)
+        self.history = []
+        self._best, self._layouts = None, {}
+
     @property
     def public_context(self) -> Any:
         return self.secret.public()
+
+    # --- a SecretContext's face -----------------------------------------------------------------------
+    def public(self) -> Any:
+        return self.secret.public()
+
+    @property
+    def params(self) -> CKKSParams:
+        return self.secret.params
+
+    @property
+    def fingerprint(self) -> str:
+        return self.secret.fingerprint
+
+    @property
+    def slots(self) -> int:
+        return self.secret.slots
+
+    @property
+    def holds_secret_key(self) -> bool:
+        return True
+
+    def decrypt(self, x: Any) -> Any:
+        """``secret.decrypt(x)``: an EncTensor to a float64 torch.Tensor (a Cipher to its slots)."""
+        return self.secret.decrypt(x)
+
+    def decrypt_vector(self, c: Cipher) -> np.ndarray:
+        return self.secret.decrypt_vector(c)
 
     # --- data ---------------------------------------------------------------------------------------
     def encrypt_dataset(self, features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
@@ -90,7 +138,8 @@ class KeyOwner:
     def validation_metrics(self, dataset: str, val_logits: list[EncTensor]) -> dict[str, float]:
         """Cross-entropy (float64) and accuracy of decrypted logits against the kept labels."""
         if dataset not in self._val_labels:
-            raise ShapeError(f"no validation labels kept for dataset {dataset!r}")
+            raise ShapeError(f"no validation labels kept for dataset {dataset!r}; encrypt the validation set "
+                             "with encrypt_dataset(..., name='val', keep_labels=True)")
         logits = torch.cat([self.secret.decrypt(t) for t in val_logits])
         labels = self._val_labels[dataset]
         if logits.shape[0] != labels.shape[0]:

@@ -47,6 +47,10 @@ class EncDataset:
     def __iter__(self) -> Iterator[EncBatch]:
         return iter(self.batches)
 
+    def __getitem__(self, i: int) -> EncBatch:
+        """The i-th batch, so ``torch.utils.data.DataLoader(ds, batch_size=None, shuffle=True)`` works."""
+        return self.batches[i]
+
     @property
     def num_samples(self) -> int:
         return sum(b.rows for b in self.batches)

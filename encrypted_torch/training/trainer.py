@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tqdm import tqdm
 
@@ -18,6 +19,7 @@ from ..autograd.function import no_grad
 from ..ckks.counters import count_ops
 from ..ckks.evaluator import Cipher
 from ..data.dataset import DataLoader, EncBatch, EncDataset
+from ..errors import EncryptionRequiredError, ShapeError
 from ..nn.loss import CrossEntropyLoss
 from ..nn.module import Module
 from ..optim.optimizer import EncOptimizer
@@ -77,6 +79,14 @@ class TrainerCallback(Protocol):
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None: ...
 
 
+@runtime_checkable
+class StartsJobs(Protocol):
+    """An in-process key owner that can start a new job (``client.KeyOwner``). A network link to
+    the key owner is not one: a server must never be able to reset the key owner's records."""
+
+    def begin_job(self) -> None: ...
+
+
 class _TimedRefresher:
     """Charges refresh round trips to the 'refresh' section."""
 
@@ -120,9 +130,9 @@ class Trainer:
         level = min(p.level for p in self.model.parameters())
         return StepRecord(epoch, step, time.perf_counter() - start, dict(times), ops.as_dict(), level)
 
-    def validation_logits(self, val: EncDataset) -> list[EncTensor]:
+    def validation_logits(self, val: Iterable[Any]) -> list[EncTensor]:
         with no_grad(), refresh_with(self.refresher):
-            return [self.model(b.x) for b in val]
+            return [self.model(_unpack(b)[0]) for b in val]
 
     def _state_to_refresh(self) -> dict[str, EncTensor]:
         state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -139,19 +149,33 @@ class Trainer:
                 if f"optim.{i}.{k}" in refreshed:
                     s[k] = refreshed[f"optim.{i}.{k}"]
 
-    def fit(self, train: EncDataset | Iterable[EncBatch], val: EncDataset, epochs: int,
-            start_epoch: int = 0, result: FitResult | None = None) -> FitResult:
+    def fit(self, train: EncDataset | Iterable[Any], val: EncDataset | Iterable[Any] | None = None,
+            epochs: int = 1, start_epoch: int = 0, result: FitResult | None = None, *,
+            resume: bool = False) -> FitResult:
         """Train up to ``epochs`` epochs; stop when the key owner says so; load the best weights.
 
+        ``train``: an EncDataset (shuffled by batch each epoch) or any iterable of ``(x, y)``
+        batches (EncBatch, tuples, a DataLoader). ``val``: a validation set whose labels the key
+        owner kept (``encrypt_dataset(..., keep_labels=True)``); None trains every epoch without
+        early stopping and keeps the last weights. Each call is a new job for an in-process key
+        owner (its early stopping starts over); ``resume=True`` continues the key owner's job.
         After ``load_state_dict`` it continues from the saved position instead of ``start_epoch``.
+
+        >>> result = Trainer(model, opt, key_owner=owner).fit(train, val, epochs=5)  # doctest: +SKIP
         """
         loader = DataLoader(train, shuffle=True) if isinstance(train, EncDataset) else train
-        resume, self._resume = self._resume, None
+        resume_point, self._resume = self._resume, None
+        _check_validation_set(val)
+        if val is None:
+            warnings.warn("fit without a validation set: no early stopping; the model keeps the last "
+                          "epoch's weights", UserWarning, stacklevel=2)
+        if resume_point is None and not resume and isinstance(self.key_owner, StartsJobs):
+            self.key_owner.begin_job()
         skip = 0
-        if resume is not None:
-            start_epoch, skip, result = resume["epoch"], resume["step"], resume["result"]
-            if resume["loader_rng"] is not None:
-                loader.set_rng_state(_as_tuples(resume["loader_rng"]))
+        if resume_point is not None:
+            start_epoch, skip, result = resume_point["epoch"], resume_point["step"], resume_point["result"]
+            if resume_point["loader_rng"] is not None:
+                loader.set_rng_state(_as_tuples(resume_point["loader_rng"]))
         result = self.result = result or FitResult()
         for epoch in range(start_epoch, epochs):
             if result.stopped_epoch >= 0:
@@ -162,29 +186,35 @@ class Trainer:
             bar = tqdm(_iter_from(loader, skip), total=total, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not self.progress, leave=False)
             for step, batch in enumerate(bar, start=skip):
-                rec = self.train_step(batch.x, batch.y, epoch, step)
+                rec = self.train_step(*_unpack(batch, labels=True), epoch, step)
                 result.steps.append(rec)
                 self._step = step + 1
                 bar.set_postfix(step_s=f"{rec.seconds:.2f}", level=rec.weight_level,
                                 refreshes=rec.ops["refreshes"])
                 self._notify("on_step_end", epoch, step)
             skip = 0
-            with count_ops() as ops:
-                logits = self.validation_logits(val)
-                verdict = self.key_owner.end_epoch(epoch, val.name, logits, self._state_to_refresh())
-            self._load_refreshed(verdict.refreshed)
-            result.epochs.append({"epoch": epoch, "validation_refreshes": ops.refreshes,
-                                  "stop": verdict.stop})
+            stop = False
+            if val is not None:
+                with count_ops() as ops:
+                    logits = self.validation_logits(val)
+                    verdict = self.key_owner.end_epoch(epoch, getattr(val, "name", "val"), logits,
+                                                       self._state_to_refresh())
+                self._load_refreshed(verdict.refreshed)
+                stop = verdict.stop
+                result.epochs.append({"epoch": epoch, "validation_refreshes": ops.refreshes, "stop": stop})
+            else:
+                result.epochs.append({"epoch": epoch, "validation_refreshes": 0, "stop": False})
             result.epochs_run = epoch + 1
-            if verdict.stop:
+            if stop:
                 result.stopped_epoch = epoch
             self._epoch, self._step = epoch + 1, 0
             self._epoch_rng = _rng_state(loader)  # the next epoch's shuffle starts from here
             self._notify("on_epoch_end", epoch)
-            if verdict.stop:
+            if stop:
                 break
-        self.model.load_state_dict({k[6:]: v for k, v in self.key_owner.best_state().items()
-                                    if k.startswith("model.")})
+        if val is not None:
+            self.model.load_state_dict({k[6:]: v for k, v in self.key_owner.best_state().items()
+                                        if k.startswith("model.")})
         return result
 
     # --- resume points ------------------------------------------------------------------------------
@@ -211,6 +241,29 @@ class Trainer:
                 fn(self, *args)
 
 
+def _unpack(batch: Any, labels: bool = False) -> tuple[EncTensor, EncTensor | None]:
+    """``(x, y)`` of an EncBatch or a pair; typed errors for plaintext or label-less batches."""
+    try:
+        x, y = batch
+    except (TypeError, ValueError):
+        raise ShapeError(f"a batch must be an (x, y) pair of EncTensors, got {type(batch).__name__}") from None
+    if not isinstance(x, EncTensor):
+        raise EncryptionRequiredError(f"a batch holds a plaintext {type(x).__name__}; encrypt the data "
+                                      "first: key_owner.encrypt_dataset(features, labels, ...)")
+    if labels and y is None:
+        raise ShapeError("a training batch without labels: this set was encrypted with keep_labels=True "
+                         "(a validation set); encrypt the training set without keep_labels")
+    return x, y
+
+
+def _check_validation_set(val: Any) -> None:
+    """A validation set's labels stay with the key owner: refuse one that carries encrypted labels."""
+    if isinstance(val, EncDataset) and val.has_labels:
+        raise ShapeError(f"validation set {val.name!r} carries encrypted labels, so the key owner has none "
+                         "to judge it with; encrypt it with keep_labels=True (and a name other than the "
+                         "training set's): key_owner.encrypt_dataset(x, y, ..., name='val', keep_labels=True)")
+
+
 def _rng_state(loader: Any) -> Any:
     get = getattr(loader, "rng_state", None)
     return get() if get is not None else None
@@ -229,7 +282,8 @@ def _as_tuples(obj: Any) -> Any:
     return tuple(_as_tuples(v) for v in obj) if isinstance(obj, (list, tuple)) else obj
 
 
-def fit(model: Module, optimizer: EncOptimizer, train: EncDataset | Iterable[EncBatch], val: EncDataset,
-        epochs: int, *, key_owner: KeyOwnerLink, criterion: Any = None, progress: bool = True) -> FitResult:
+def fit(model: Module, optimizer: EncOptimizer, train: EncDataset | Iterable[Any],
+        val: EncDataset | Iterable[Any] | None, epochs: int, *, key_owner: KeyOwnerLink, criterion: Any = None,
+        progress: bool = True, resume: bool = False) -> FitResult:
     """Functional form of ``Trainer(...).fit(...)``."""
-    return Trainer(model, optimizer, key_owner, criterion, progress).fit(train, val, epochs)
+    return Trainer(model, optimizer, key_owner, criterion, progress).fit(train, val, epochs, resume=resume)
