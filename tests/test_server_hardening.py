@@ -25,6 +25,7 @@ import weakref
 from pathlib import Path
 
 import pytest
+import torch
 from test_server import TOKEN, TOY_BUILDERS, _env
 from test_storage import toy_data
 from websockets.exceptions import ConnectionClosed
@@ -400,6 +401,43 @@ def test_a_damaged_dataset_is_found_on_resume_and_uploaded_again(tmp_path, plain
         assert welcome(url, plain_ctx, session_id=sid)["have"]["train"] is True
     verify_files(tmp_path / "sessions" / sid / "data" / "train")
     assert not (tmp_path / "sessions" / sid / "data" / "train.damaged").exists()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_dataset_damaged_mid_training_is_uploaded_again_and_training_resumes(tmp_path, plain_ctx):
+    """Training stops mid-epoch, a batch file rots on the server's disk; after a restart the client
+    re-uploads it (the same manifest) and the resumed run ends with the uninterrupted run's weights."""
+    from test_storage import TOY_JOB, toy_reference
+
+    owner, train, val, init = toy_data(plain_ctx)
+
+    def crash(progress):
+        if progress.info["steps_done"] == 6:
+            raise _Crash
+
+    with server(tmp_path) as (srv, url):
+        first = RemoteSession(url, TOKEN, owner, timeout=30, on_progress=crash)
+        first.connect()
+        first.upload(train, val)
+        with pytest.raises(_Crash):
+            first.train(TOY_JOB, init, builders=TOY_BUILDERS)
+        sid = first.session_id
+    batch = tmp_path / "sessions" / sid / "data" / "train" / "batch-000002-x.et"
+    raw = bytearray(batch.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    batch.write_bytes(bytes(raw))
+    with server(tmp_path, resume=True) as (srv, url):
+        again = RemoteSession(url, TOKEN, owner, session_id=sid, timeout=30)
+        status = again.connect()
+        assert status["stage"] == "training" and status["have"]["train"] is False
+        again.upload(train, val)
+        again.train(TOY_JOB, init, builders=TOY_BUILDERS)
+        got = plain_ctx.decrypt(again.fetch_model()["w"])
+        again.close()
+    assert torch.equal(got, toy_reference(plain_ctx))
 
 
 # --- 8. plaintext contexts only with an explicit flag -------------------------------------------------------------
