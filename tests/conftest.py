@@ -1,46 +1,41 @@
-"""Shared fixtures: keys generated once per session; hypothesis profiles (fast in CI, thorough on demand).
+"""Shared fixtures and hypothesis profiles, from the testing kit (encrypted_torch/testing/).
 
-Choose the thorough profile with ENCRYPTED_TORCH_HYPOTHESIS=thorough; ENCRYPTED_TORCH_HYPOTHESIS=fuzz runs
+Keys are generated once per session by the kit's pytest plugin (``et_plain_ctx``, ``et_seal_ctx``,
+``et_any_ctx``); ``plain_ctx``, ``seal_ctx`` and ``any_ctx`` are their names in this suite.
+
+Hypothesis profile ``ci`` by default: new random examples each run (encrypted_torch/testing/profiles.py).
+ENCRYPTED_TORCH_HYPOTHESIS=fast replays 12 derandomized examples, =thorough draws 200, and =fuzz runs
 the decoder fuzzers of tests/test_fuzz.py with 10,000 random inputs each (see docs/protocol.md, "Fuzzing").
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from hypothesis import HealthCheck, settings
 
 import encrypted_torch as et
+from encrypted_torch.testing import load_profile
 
-settings.register_profile(
-    "fast", max_examples=12, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-settings.register_profile(
-    "thorough", max_examples=200, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-settings.register_profile(
-    "fuzz", max_examples=10_000, deadline=None, derandomize=False,
-    suppress_health_check=list(HealthCheck),
-)
-settings.load_profile(os.environ.get("ENCRYPTED_TORCH_HYPOTHESIS", "fast"))
+load_profile("ci")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("encrypted_torch"):  # a checkout on PYTHONPATH, not pip-installed
+        config.pluginmanager.import_plugin("encrypted_torch.testing.plugin")
 
 
 @pytest.fixture(scope="session")
-def seal_ctx() -> et.SecretContext:
+def seal_ctx(et_seal_ctx: et.SecretContext) -> et.SecretContext:
     """Real CKKS keys on the small 'test' preset (N=8192, 3 levels), all ±2^i rotations."""
-    return et.SecretContext.create("test", backend="seal")
+    return et_seal_ctx
 
 
 @pytest.fixture(scope="session")
-def plain_ctx() -> et.SecretContext:
+def plain_ctx(et_plain_ctx: et.SecretContext) -> et.SecretContext:
     """The exact plaintext slot backend with the same parameters and keys as seal_ctx."""
-    return et.SecretContext.create("test", backend="plain")
+    return et_plain_ctx
 
 
-@pytest.fixture(scope="session", params=["plain", "seal"])
-def any_ctx(request: pytest.FixtureRequest, plain_ctx: et.SecretContext,
-            seal_ctx: et.SecretContext) -> et.SecretContext:
-    return plain_ctx if request.param == "plain" else seal_ctx
+@pytest.fixture(scope="session")
+def any_ctx(et_any_ctx: et.SecretContext) -> et.SecretContext:
+    """Each backend in turn (test ids [plain] and [seal])."""
+    return et_any_ctx
