@@ -90,3 +90,79 @@ def test_early_stopping_counts_bad_epochs():
     assert es.update(3, 0.95) == (False, False)
     assert es.update(4, float("nan")) == (False, True)
     assert es.best_epoch == 2
+
+
+# --- torch's conventions ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fitted(plain_ctx):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
+    owner = KeyOwner(plain_ctx)
+    train = owner.encrypt_dataset(x, y, num_classes=3, batch_size=8, shuffle=False)
+    model = Linear(5, 3, generator=g).encrypt(owner, like=train)
+    return owner, x, y, train, model
+
+
+def test_a_key_owner_works_wherever_a_secret_context_does(fitted, plain_ctx):
+    owner, x, y, train, model = fitted
+    assert owner.params == plain_ctx.params and owner.fingerprint == plain_ctx.fingerprint
+    assert owner.public() is plain_ctx.public()
+    assert torch.equal(owner.decrypt(train.batches[0].x), plain_ctx.decrypt(train.batches[0].x))
+    c = train.batches[0].x.ciphers()[0]
+    assert (owner.decrypt_vector(c) == plain_ctx.decrypt_vector(c)).all()
+    with et.refresh_with(owner):
+        loss = et.nn.CrossEntropyLoss()(model(train.batches[0].x), train.batches[0].y)
+    assert loss.value(owner) == pytest.approx(loss.value(plain_ctx))
+    assert torch.equal(model.to_torch(owner).weight, model.to_torch(plain_ctx).weight)
+
+
+def test_to_torch_is_float64_like_decrypt_and_its_state_dict_loads_into_torch(fitted):
+    owner, x, _, train, model = fitted
+    clf = model.to_torch(owner)
+    xd = owner.decrypt(train.batches[0].x)
+    assert xd.dtype == clf.weight.dtype == torch.float64
+    with et.refresh_with(owner):
+        enc_logits = owner.decrypt(model(train.batches[0].x))
+    assert torch.allclose(clf(xd), enc_logits, atol=1e-6)
+    state = model.decrypted_state_dict(owner)
+    assert list(state) == ["weight", "bias"] and list(clf.state_dict()) == ["weight", "bias"]
+    plain = torch.nn.Linear(5, 3, dtype=torch.float64)
+    plain.load_state_dict(state)
+    assert torch.equal(plain.weight, clf.weight)
+    assert list(model.state_dict()) == ["weight_bias"]  # the encrypted form keeps the packed entry
+
+
+def test_cross_entropy_loss_is_a_module_with_torch_reductions(fitted):
+    owner, _, _, train, model = fitted
+    b = train.batches[0]
+    mean, total = et.nn.CrossEntropyLoss(), et.nn.CrossEntropyLoss(reduction="sum")
+    assert isinstance(mean, et.nn.Module) and "sum" in repr(total)
+    with et.refresh_with(owner):
+        lm, ls = mean(model(b.x), b.y), total(model(b.x), b.y)
+    assert ls.value(owner) == pytest.approx(8 * lm.value(owner), rel=1e-9)
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+        et.nn.CrossEntropyLoss(reduction="none")
+
+
+def test_sequential_encrypts_its_layers_and_decrypts_to_torch(fitted):
+    owner, x, _, train, _ = fitted
+    torch.manual_seed(0)
+    model = et.nn.Sequential(Linear(5, 3)).encrypt(owner, like=train)
+    assert model[0].is_encrypted and list(dict(model.named_parameters())) == ["0.weight_bias"]
+    with et.refresh_with(owner):
+        logits = owner.decrypt(model(train.batches[0].x))
+    clf = model.to_torch(owner)
+    assert isinstance(clf, torch.nn.Sequential)
+    assert torch.allclose(clf(owner.decrypt(train.batches[0].x)), logits, atol=1e-6)
+    assert list(model.decrypted_state_dict(owner)) == ["0.weight", "0.bias"]
+    with pytest.raises(TypeError, match="encrypted_torch.nn"):
+        et.nn.Sequential(torch.nn.Linear(5, 3))
+
+
+def test_the_key_owner_keeps_one_block_shape_for_all_its_data(plain_ctx):
+    owner = KeyOwner(plain_ctx)
+    a = owner.encrypt_dataset(torch.rand(64, 5), torch.arange(64) % 3, num_classes=3, batch_size=64)
+    b = owner.encrypt_dataset(torch.rand(10, 5), torch.arange(10) % 3, num_classes=3, batch_size=5,
+                              name="val", keep_labels=True)
+    assert a.unit == b.unit == owner.unit

@@ -47,6 +47,7 @@ class KeyOwner:
         self.history: list[dict[str, float]] = []
         self.past_jobs: list[list[dict[str, float]]] = []
         self.num_classes: int | None = None
+        self.unit: tuple[int, int] | None = None  # the block shape all its data sets share
         self._val_labels: dict[str, torch.Tensor] = {}
         self._best: dict[str, torch.Tensor] | None = None
         self._layouts: dict[str, Any] = {}
@@ -104,10 +105,12 @@ class KeyOwner:
                         batch_size: int, name: str = "train", keep_labels: bool = False,
                         shuffle: bool = True, seed: int = 0, unit: tuple[int, int] | None = None) -> EncDataset:
         """Shuffle, batch and encrypt. ``keep_labels=True`` (validation): the labels stay here.
-        ``unit``: the block shape (default: ``training.unit_choice.choose_unit``'s)."""
+        ``unit``: the block shape (default: the first data set's, so that all sets and the model
+        agree; for the first, ``training.unit_choice.choose_unit``'s)."""
         ds, order = encrypt_batches(features, labels, self.public_context, num_classes=num_classes,
                                     batch_size=batch_size, shuffle=shuffle, seed=seed, name=name,
-                                    encrypt_labels=not keep_labels, unit=unit)
+                                    encrypt_labels=not keep_labels, unit=unit or self.unit)
+        self.unit = self.unit or ds.unit
         if keep_labels:
             self._val_labels[name] = torch.as_tensor(labels, dtype=torch.int64)[order]
         self.num_classes = num_classes

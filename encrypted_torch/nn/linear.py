@@ -7,24 +7,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ShapeError
+from ..errors import EncryptionRequiredError, ShapeError
 from ..tensor.enctensor import EncTensor, encrypt
 from ..tensor.layout import BlockLayout
-from .module import Module
+from .module import Module, resolve_unit
 from .parameter import Parameter
 
 
 class Linear(Module):
     """A fully connected layer whose weights are encrypted.
 
-    Built in plaintext with torch's initialisation (or zeros, HETAL's convex default), then
-    ``encrypt(ctx, unit=...)`` packs [W | b] (out × in+1) in the vertical tiling that DiagABT
-    reads and DiagATB writes, so gradients add to it with no repacking. ``.weight`` and ``.bias``
-    are views the key owner can decrypt; the optimizer sees the one packed parameter
-    ``weight_bias``.
+    Built in plaintext with torch's initialisation (or zeros, HETAL's convex default; or
+    ``load_state_dict`` of a ``torch.nn.Linear``'s), then ``encrypt(ctx, like=train)`` packs
+    [W | b] (out × in+1) in the vertical tiling that DiagABT reads and DiagATB writes, in the
+    training data's block shape, so gradients add to it with no repacking.
 
-    >>> model = Linear(64, 10).encrypt(ctx, unit=train.unit)       # doctest: +SKIP
+    Names: the encrypted ``state_dict()`` (and the optimizer) hold the one packed parameter
+    ``weight_bias`` (checkpoints and the client/server protocol use it); ``.weight`` and ``.bias``
+    are views the key owner can decrypt; ``decrypted_state_dict(owner)`` and
+    ``to_torch(owner).state_dict()`` give torch's ``weight`` and ``bias`` in float64.
+
+    >>> model = Linear(64, 10).encrypt(owner, like=train)          # doctest: +SKIP
     >>> logits = model(x_enc)                                      # doctest: +SKIP
+    >>> torch_model = model.to_torch(owner)                        # doctest: +SKIP
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -55,9 +60,30 @@ class Linear(Module):
             return self.plain_weight
         return torch.cat([self.plain_weight, self.plain_bias[:, None]], dim=1)
 
-    def encrypt(self, ctx: Any, *, unit: tuple[int, int]) -> Linear:
-        """Encrypt [W | b] with the public key in the vertical tiling of ``unit`` (the data's)."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Encrypted: the encrypted ``state_dict()`` of a Linear like this one. Not yet encrypted:
+        a torch.nn.Linear's (``weight``, ``bias``), e.g. to start from trained weights."""
+        if self.is_encrypted:
+            return super().load_state_dict(state)
+        expected = {"weight", "bias"} if self.use_bias else {"weight"}
+        if set(state) != expected:
+            raise ShapeError(f"a plaintext Linear loads {sorted(expected)}, got {sorted(state)}")
+        w = torch.as_tensor(state["weight"], dtype=torch.float64)
+        if tuple(w.shape) != (self.out_features, self.in_features):
+            raise ShapeError(f"weight of shape {tuple(w.shape)} for Linear({self.in_features}, {self.out_features})")
+        self.plain_weight = w.clone()
+        if self.use_bias:
+            b = torch.as_tensor(state["bias"], dtype=torch.float64)
+            if tuple(b.shape) != (self.out_features,):
+                raise ShapeError(f"bias of shape {tuple(b.shape)} for Linear({self.in_features}, {self.out_features})")
+            self.plain_bias = b.clone()
+        return None
+
+    def encrypt(self, ctx: Any, unit: tuple[int, int] | None = None, *, like: Any = None) -> Linear:
+        """Encrypt [W | b] with the public key in the vertical tiling of the data's block shape
+        (``like``: the encrypted training data; or ``unit`` itself)."""
         ctx = self._check_public(ctx)
+        unit = resolve_unit(unit, like)
         packed = self.packed_plain()
         layout = BlockLayout(tuple(packed.shape), tuple(unit), "vertical")
         self.weight_bias = Parameter(encrypt(packed, ctx, layout=layout))
@@ -74,8 +100,17 @@ class Linear(Module):
 
     def forward(self, x: EncTensor) -> EncTensor:
         """Logits x Wᵀ + b, horizontally tiled (batch × out_features); DiagABT, 3-4 levels."""
+        if not isinstance(x, EncTensor):
+            raise EncryptionRequiredError(
+                f"Linear got a plaintext {type(x).__name__}; it computes on encrypted inputs: encrypt "
+                "them (key_owner.encrypt_dataset(...)), or run plaintext inputs through the decrypted "
+                "model, model.to_torch(key_owner)(x)")
         if not self.is_encrypted:
-            raise ShapeError("call .encrypt(ctx, unit=...) before the forward pass")
+            raise ShapeError("call .encrypt(ctx, like=train) before the forward pass")
+        if tuple(x.layout.unit) != tuple(self.weight_bias.layout.unit):
+            raise ShapeError(f"the model was encrypted for {self.weight_bias.layout.unit} blocks, the input has "
+                             f"{x.layout.unit} blocks; encrypt the model with like=<this data>, and all "
+                             "data sets with the same key owner (it keeps one block shape)")
         if x.shape[1] != self.in_features:
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}) got input of shape "
                              f"{tuple(x.shape)}")
@@ -83,9 +118,12 @@ class Linear(Module):
         return xb @ self.weight_bias.T
 
     def to_torch(self, secret_ctx: Any) -> torch.nn.Linear:
-        """Decrypt into a plaintext torch.nn.Linear (client side, for local inference)."""
-        packed = secret_ctx.decrypt(self.weight_bias).float()
-        out = torch.nn.Linear(self.in_features, self.out_features, bias=self.use_bias)
+        """Decrypt into a float64 torch.nn.Linear (client side), so that
+        ``model.to_torch(owner)(owner.decrypt(x))`` runs as is (decrypt gives float64 too)."""
+        if not self.is_encrypted:
+            raise ShapeError("this Linear is not encrypted yet; there is nothing to decrypt")
+        packed = secret_ctx.decrypt(self.weight_bias)
+        out = torch.nn.Linear(self.in_features, self.out_features, bias=self.use_bias, dtype=torch.float64)
         with torch.no_grad():
             out.weight.copy_(packed[:, : self.in_features])
             if self.use_bias:
