@@ -37,6 +37,7 @@ from encrypted_torch.client.remote import RemoteSession
 from encrypted_torch.errors import KeyRoleError
 from encrypted_torch.protocol import AuthenticationError, SessionError, client_handshake
 from encrypted_torch.protocol import errors as protocol_errors
+from encrypted_torch.protocol.errors import RemoteError
 from encrypted_torch.protocol.messages import ErrorMessage, FileBegin, FileChunk, ServerHello, decode
 from encrypted_torch.server import Limits, ServerConfig, TrainingServer
 from encrypted_torch.server import session as session_module
@@ -438,6 +439,54 @@ def test_a_dataset_damaged_mid_training_is_uploaded_again_and_training_resumes(t
         got = plain_ctx.decrypt(again.fetch_model()["w"])
         again.close()
     assert torch.equal(got, toy_reference(plain_ctx))
+
+
+def test_an_upload_that_disagrees_with_its_manifest_is_refused(tmp_path, plain_ctx):
+    """A file announced with another size or sha256 than the manifest's, or whose bytes differ from
+    what it announced, is refused before the dataset can complete."""
+    from encrypted_torch.protocol.messages import Ack, DatasetBegin, FileEnd
+    from encrypted_torch.storage.dataset import write_dataset
+
+    owner, train, val, init = toy_data(plain_ctx)
+    manifest = write_dataset(train, tmp_path / "train")
+    entry = manifest.files()[0]
+    data = (tmp_path / "train" / entry.file).read_bytes()
+    cases = {"size": (entry.bytes + 1, entry.sha256, data), "sha256": (entry.bytes, "0" * 64, data),
+             "bytes": (entry.bytes, entry.sha256, bytes([data[0] ^ 1]) + data[1:])}
+    with server(tmp_path / "srv") as (srv, url):
+        for case, (size, digest, payload) in cases.items():
+            session = RemoteSession(url, TOKEN, KeyOwner(plain_ctx), timeout=30)
+            session.connect()
+            session._send_file("public_context", plain_ctx.public_bytes())
+            session.channel.send(DatasetBegin("train", manifest.to_json()))
+            session.channel.expect(Ack, 30)
+            session.channel.send(FileBegin(f"dataset/train/{entry.file}", size, digest))
+            with pytest.raises(RemoteError, match="manifest|sha256|differs") as caught:
+                session.channel.send(FileChunk(0, payload[:size]))
+                session.channel.send(FileEnd(f"dataset/train/{entry.file}"))
+                session.channel.expect(Ack, 30)
+            assert ("ManifestError" if case != "bytes" else "ChecksumError") in str(caught.value), case
+
+
+def test_a_stale_refresh_reply_is_refused(tmp_path, plain_ctx):
+    """A client whose 'refresh' hands back the ciphertexts unchanged (not fresh): the server refuses the
+    reply instead of training on operands out of levels."""
+    from test_adversarial import JOB, client_data
+
+    class StaleOwner(KeyOwner):
+        def refresh(self, ciphers, stage=""):
+            return list(ciphers)
+
+    owner, train, val, init, _ = client_data(secret=plain_ctx)
+    stale = StaleOwner(plain_ctx)
+    stale.load_state_dict(owner.state_dict())
+    stale.num_classes = owner.num_classes
+    with server(tmp_path) as (srv, url):
+        session = RemoteSession(url, TOKEN, stale, timeout=30)
+        session.connect()
+        session.upload(train, val)
+        with pytest.raises(RemoteError, match="not at the top level"):
+            session.train({**JOB, "epochs": 1}, init)
 
 
 # --- 8. plaintext contexts only with an explicit flag -------------------------------------------------------------
