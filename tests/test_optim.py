@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import encrypted_torch as et
+from encrypted_torch import optim
 from encrypted_torch.ckks.noise import ckks_tolerance
 from encrypted_torch.nn import Parameter
 from encrypted_torch.optim import NAG, SGD
@@ -121,3 +125,51 @@ def test_optimizer_state_dict_round_trip(plain_ctx):
     opt2.load_state_dict(sd)
     assert opt2.param_groups[0]["lr"] == 0.1
     assert torch.allclose(plain_ctx.decrypt(opt2.state[p]["momentum_buffer"]), torch.ones(2, 2, dtype=torch.float64))
+
+
+def test_from_name_is_the_one_factory(plain_ctx):
+    p = Parameter(et.encrypt(torch.zeros(1, 2), plain_ctx))
+    nesterov = optim.from_name("nesterov", [p], lr=0.5, momentum=0.8)
+    assert type(nesterov) is SGD and nesterov.defaults == dict(lr=0.5, momentum=0.8, dampening=0.0,
+                                                                     weight_decay=0.0, nesterov=True)
+    assert type(optim.from_name("nag", [p], lr=0.5)) is NAG
+    plain = optim.from_name("sgd", [p], lr=0.5, momentum=0.8)
+    assert plain.defaults["momentum"] == 0.0  # HETAL's "sgd" has no momentum
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        optim.from_name("adam", [p], lr=0.5)
+    assert set(optim.NAMES) == {"nesterov", "nag", "sgd"}
+
+
+def test_optimizer_with_a_scheduler_pickles_and_resumes(plain_ctx):
+    """torch's scheduler patches opt.step with a closure: pickling keeps the state, not the patch."""
+    p = Parameter(et.encrypt(torch.ones(2, 2), plain_ctx))
+    opt = SGD([p], lr=1.0, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with et.refresh_with(plain_ctx):
+        p.grad = et.encrypt(torch.ones(2, 2), plain_ctx)
+        opt.step()
+        sched.step()
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert isinstance(clone, torch.optim.Optimizer) and clone.param_groups[0]["lr"] == 0.5
+    opt2 = SGD([p], lr=1.0, momentum=0.9)
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0]["initial_lr"] == 1.0  # what a resumed scheduler needs
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    sched2.load_state_dict(sched.state_dict())
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == 0.25
+
+
+def test_param_groups_have_their_own_lr(plain_ctx):
+    a = Parameter(et.encrypt(torch.zeros(1, 2), plain_ctx))
+    b = Parameter(et.encrypt(torch.zeros(1, 2), plain_ctx))
+    opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.1}], lr=1.0)
+    opt.param_groups[0]["lr"] = 2.0  # documented: read at every step
+    with et.refresh_with(plain_ctx):
+        a.grad = et.encrypt(torch.ones(1, 2), plain_ctx)
+        b.grad = et.encrypt(torch.ones(1, 2), plain_ctx)
+        opt.step()
+    assert torch.allclose(plain_ctx.decrypt(a), torch.full((1, 2), -2.0, dtype=torch.float64))
+    assert torch.allclose(plain_ctx.decrypt(b), torch.full((1, 2), -0.1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="more than one"):
+        opt.add_param_group({"params": [a]})
