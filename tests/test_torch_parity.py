@@ -233,9 +233,9 @@ def test_steplr_drives_encrypted_sgd_on_seal(seal_ctx):
         assert (got - want).abs().max() < ckks_tolerance(seal_ctx.params, magnitude=8, depth=3 * t)
 
 
-def test_a_scheduler_changes_the_encrypted_update():
+def test_a_scheduler_changes_the_encrypted_update(plain_ctx):
     """Not only param_groups: the step after a scheduler's decay moves the weights by the new lr."""
-    ctx = et.SecretContext.create("test", backend="plain")
+    ctx = plain_ctx
     p = Parameter(et.encrypt(torch.zeros(1, 2, dtype=torch.float64), ctx))
     opt = optim.SGD([p], lr=1.0)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
