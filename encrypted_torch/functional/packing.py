@@ -42,7 +42,7 @@ def _tile(layout: BlockLayout) -> np.ndarray:
 
 @lru_cache(maxsize=32)
 def packed_masks(layout: BlockLayout) -> dict[str, np.ndarray]:
-    """The softmax's slot masks (see softmax._masks) for ``layout``'s packed ciphertexts."""
+    """The softmax's slot masks (see softmax_core.slot_masks) for ``layout``'s packed ciphertexts."""
     rows, c = layout.shape
     s0, s1 = layout.unit
     c_pad, g = layout.c_pad, copies(layout)

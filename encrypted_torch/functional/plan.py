@@ -20,7 +20,7 @@ from ..ckks.galois import power_of_two_steps
 from ..ckks.params import CKKSParams, get_params
 from ..refresh import refresh_with
 from ..tensor.layout import BlockLayout, unit_shape
-from .softmax import Ensure, RefreshPolicy, softmax_ciphers
+from .softmax_core import Ensure, RefreshPolicy, softmax_ciphers
 
 
 class NullBackend:

@@ -13,12 +13,13 @@ from ..ckks.galois import compose_rotation
 from ..errors import ContextMismatchError, DepthError, ShapeError
 from ..parallel import fork_map, split, worker_count
 from ..refresh import current_refresher, ensure_levels
+from ..tensor.base import TensorBase
 
 Blocks = list[list[Cipher]]
 
 
 def is_enc(x: Any) -> bool:
-    return hasattr(x, "_blocks") and hasattr(x, "layout")
+    return isinstance(x, TensorBase)
 
 
 def require_tiling(x: Any, tiling: str, op: str, role: str) -> None:

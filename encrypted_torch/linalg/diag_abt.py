@@ -22,7 +22,7 @@ import numpy as np
 from ..ckks.evaluator import Cipher
 from ..errors import DepthError, ShapeError
 from ..refresh import current_refresher
-from ..tensor.enctensor import EncTensor
+from ..tensor.base import Blocks, TensorBase
 from ..tensor.layout import BlockLayout, next_pow2
 from . import _common as cm
 from .steps import diag_abt_steps
@@ -87,14 +87,15 @@ def _out_level(a_level: int, b_level: int, need_a: int, need_b: int, out_level: 
     return max(best, 0)  # < 0: prepare() refreshes the short operand (or raises DepthError)
 
 
-def diag_abt(a: EncTensor, b: EncTensor, *, out_scale: float = 1.0, out_level: int | None = None,
-             imag: str = "auto") -> EncTensor:
-    """C = out_scale · A·Bᵀ, horizontally tiled; A grid (a × f), B vertical (c × f), same unit.
+def diag_abt_blocks(a: TensorBase, b: TensorBase, *, out_scale: float = 1.0, out_level: int | None = None,
+                    imag: str = "auto") -> tuple[Blocks, BlockLayout]:
+    """The blocks and layout of C = out_scale · A·Bᵀ, horizontally tiled; A grid (a × f), B vertical
+    (c × f), same unit. ``encrypted_torch.linalg.diag_abt`` wraps them in an EncTensor.
 
     Consumes ``levels_needed(imag)`` levels; the result is at ``out_level`` (default: the highest
     the operands allow). ``out_scale`` rides on the diagonal mask: no extra level.
 
-    >>> logits = diag_abt(x, w)          # doctest: +SKIP
+    >>> blocks, layout = diag_abt_blocks(x, w)          # doctest: +SKIP
     """
     op = "DiagABT (x @ w.T)"
     _check(a, b, op)
@@ -128,12 +129,12 @@ def diag_abt(a: EncTensor, b: EncTensor, *, out_scale: float = 1.0, out_level: i
                        lambda ai, bj: ev.mul_raw(ai, bj), finish=ev.finish)
 
 
-def diag_abt_plain(a: EncTensor, b: Any, *, out_scale: float = 1.0,
-                   out_level: int | None = None) -> EncTensor:
-    """C = out_scale · A·Bᵀ with B a plaintext (c × f) matrix: Mults become CMults, B's shifts and
-    ×i are free (numpy). 3 levels on A.
+def diag_abt_plain_blocks(a: TensorBase, b: Any, *, out_scale: float = 1.0,
+                          out_level: int | None = None) -> tuple[Blocks, BlockLayout]:
+    """The blocks and layout of C = out_scale · A·Bᵀ with B a plaintext (c × f) matrix: Mults become
+    CMults, B's shifts and ×i are free (numpy). 3 levels on A.
 
-    >>> logits = diag_abt_plain(x, w_plain)     # doctest: +SKIP
+    >>> blocks, layout = diag_abt_plain_blocks(x, w_plain)     # doctest: +SKIP
     """
     op = "DiagABT (x @ plaintext)"
     cm.require_tiling(a, "grid", op, "A (batch × features)")
@@ -167,8 +168,29 @@ def diag_abt_plain(a: EncTensor, b: Any, *, out_scale: float = 1.0,
                        out_scale, lambda ai, bj: ev.mul_plain(ai, bj, scale), finish=None)
 
 
-def _accumulate(a: EncTensor, classes: int, blocks_a: list[list[Cipher]], shifted: Any, diagonals: Any,
-                packed: bool, out_scale: float, product: Any, finish: Any) -> EncTensor:
+def diag_abt(a: TensorBase, b: TensorBase, *, out_scale: float = 1.0, out_level: int | None = None,
+             imag: str = "auto") -> Any:
+    """C = out_scale · A·Bᵀ as an EncTensor, horizontally tiled; A grid (a × f), B vertical (c × f).
+
+    No autograd (``x @ w.T`` records it). See ``diag_abt_blocks`` for levels and ×i.
+
+    >>> logits = diag_abt(x, w)          # doctest: +SKIP
+    """
+    blocks, layout = diag_abt_blocks(a, b, out_scale=out_scale, out_level=out_level, imag=imag)
+    return a._new(blocks, layout)
+
+
+def diag_abt_plain(a: TensorBase, b: Any, *, out_scale: float = 1.0, out_level: int | None = None) -> Any:
+    """C = out_scale · A·Bᵀ as an EncTensor with B a plaintext (c × f) matrix; 3 levels on A.
+
+    >>> logits = diag_abt_plain(x, w_plain)     # doctest: +SKIP
+    """
+    blocks, layout = diag_abt_plain_blocks(a, b, out_scale=out_scale, out_level=out_level)
+    return a._new(blocks, layout)
+
+
+def _accumulate(a: TensorBase, classes: int, blocks_a: list[list[Cipher]], shifted: Any, diagonals: Any,
+                packed: bool, out_scale: float, product: Any, finish: Any) -> tuple[Blocks, BlockLayout]:
     """Steps 1.2-2 of Algorithm 2: per diagonal and block row, multiply, fold, keep e₀, spread, place."""
     ev = a.ctx.evaluator
     unit = a.layout.unit
@@ -211,4 +233,4 @@ def _accumulate(a: EncTensor, classes: int, blocks_a: list[list[Cipher]], shifte
     acc = cm.sum_over_diagonals(a.ctx, diagonals, len(blocks_a), partial,
                                 len(diagonals) * sum(map(len, blocks_a)))
     blocks = [[ev.real_part_times_two(c) if packed else c] for c in acc]
-    return EncTensor(blocks, out_layout, a.ctx)
+    return blocks, out_layout

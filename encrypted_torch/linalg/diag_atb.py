@@ -22,7 +22,7 @@ import numpy as np
 
 from ..ckks.evaluator import Cipher, Evaluator
 from ..errors import DepthError, ShapeError
-from ..tensor.enctensor import EncTensor
+from ..tensor.base import Blocks, TensorBase
 from ..tensor.layout import BlockLayout, next_pow2
 from . import _common as cm
 from .steps import diag_atb_steps
@@ -112,14 +112,15 @@ def _pack(ev: Evaluator, ai: Cipher, h: int, s1: int, unit: tuple[int, int]) -> 
     return ev.add(ev.mod_switch(ai, ai.level - 1), ev.add(x1, x2))
 
 
-def diag_atb(a: EncTensor, b: EncTensor, *, out_scale: float = 1.0, out_level: int | None = None,
-             variant: str | None = None) -> EncTensor:
-    """C = out_scale · Aᵀ·B, vertically tiled; A horizontal (batch × c), B grid (batch × f), same unit.
+def diag_atb_blocks(a: TensorBase, b: TensorBase, *, out_scale: float = 1.0, out_level: int | None = None,
+                    variant: str | None = None) -> tuple[Blocks, BlockLayout]:
+    """The blocks and layout of C = out_scale · Aᵀ·B, vertically tiled; A horizontal (batch × c), B grid
+    (batch × f), same unit. ``encrypted_torch.linalg.diag_atb`` wraps them in an EncTensor.
 
     ``out_scale`` (say 1/batch, or −lr/batch for an SGD step) rides on the diagonal mask: no level.
     The result is at ``out_level`` (default: the highest the operands allow).
 
-    >>> grad_w = diag_atb(p_minus_y, x, out_scale=1 / 1024)     # doctest: +SKIP
+    >>> blocks, layout = diag_atb_blocks(p_minus_y, x, out_scale=1 / 1024)     # doctest: +SKIP
     """
     op = "DiagATB (g.T @ x)"
     _check(a, b, op)
@@ -170,12 +171,12 @@ def diag_atb(a: EncTensor, b: EncTensor, *, out_scale: float = 1.0, out_level: i
     return _accumulate(a, b.shape[1], a_k, b_k, h, out_scale, lambda x, y: ev.mul_raw(x, y), ev.finish)
 
 
-def diag_atb_plain(a: EncTensor, b: Any, *, out_scale: float = 1.0,
-                   out_level: int | None = None) -> EncTensor:
-    """C = out_scale · Aᵀ·B with B a plaintext (batch × f) matrix: the PRotUp variant with B's
-    shifts and masks free (numpy) and Mults become CMults. 2 levels on A, plus 1 if c_pad ≥ 2.
+def diag_atb_plain_blocks(a: TensorBase, b: Any, *, out_scale: float = 1.0,
+                          out_level: int | None = None) -> tuple[Blocks, BlockLayout]:
+    """The blocks and layout of C = out_scale · Aᵀ·B with B a plaintext (batch × f) matrix: the PRotUp
+    variant with B's shifts and masks free (numpy) and Mults become CMults. 2 levels on A, plus 1 if c_pad ≥ 2.
 
-    >>> grad = diag_atb_plain(g, x_plain)     # doctest: +SKIP
+    >>> blocks, layout = diag_atb_plain_blocks(g, x_plain)     # doctest: +SKIP
     """
     op = "DiagATB (g.T @ plaintext)"
     cm.require_tiling(a, "horizontal", op, "A (batch × classes)")
@@ -214,8 +215,29 @@ def diag_atb_plain(a: EncTensor, b: Any, *, out_scale: float = 1.0,
     return _accumulate(a, b.shape[1], a_k, b_k, h, out_scale, lambda x, y: ev.mul_plain(x, y, delta), None)
 
 
-def _accumulate(a: EncTensor, features: int, a_k: Any, b_k: Any, h: int, out_scale: float,
-                product: Any, finish: Any) -> EncTensor:
+def diag_atb(a: TensorBase, b: TensorBase, *, out_scale: float = 1.0, out_level: int | None = None,
+             variant: str | None = None) -> Any:
+    """C = out_scale · Aᵀ·B as an EncTensor, vertically tiled; A horizontal (batch × c), B grid (batch × f).
+
+    No autograd (``g.T @ x`` records it). See ``diag_atb_blocks`` for levels and variants.
+
+    >>> grad_w = diag_atb(p_minus_y, x, out_scale=1 / 1024)     # doctest: +SKIP
+    """
+    blocks, layout = diag_atb_blocks(a, b, out_scale=out_scale, out_level=out_level, variant=variant)
+    return a._new(blocks, layout)
+
+
+def diag_atb_plain(a: TensorBase, b: Any, *, out_scale: float = 1.0, out_level: int | None = None) -> Any:
+    """C = out_scale · Aᵀ·B as an EncTensor with B a plaintext (batch × f) matrix.
+
+    >>> grad = diag_atb_plain(g, x_plain)     # doctest: +SKIP
+    """
+    blocks, layout = diag_atb_plain_blocks(a, b, out_scale=out_scale, out_level=out_level)
+    return a._new(blocks, layout)
+
+
+def _accumulate(a: TensorBase, features: int, a_k: Any, b_k: Any, h: int, out_scale: float,
+                product: Any, finish: Any) -> tuple[Blocks, BlockLayout]:
     """Steps 1.2-2 of Algorithm 5: per diagonal and column block, multiply, fold rows, place.
 
     The row fold runs in two stages: per diagonal, only over windows of c_pad rows (log c_pad
@@ -262,4 +284,4 @@ def _accumulate(a: EncTensor, features: int, a_k: Any, b_k: Any, h: int, out_sca
             z = ev.add(z, ev.rotate(z, step))
         acc[j] = z
     blocks = [[ev.real_part_times_two(c) if h else c for c in acc]]
-    return EncTensor(blocks, out_layout, a.ctx)
+    return blocks, out_layout

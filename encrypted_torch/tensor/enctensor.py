@@ -19,12 +19,14 @@ from ..ckks.public import PublicContext
 from ..errors import ContextMismatchError, KeyRoleError, SerializationError, ShapeError
 from ..refresh import ensure_levels
 from . import ops
+from .base import TensorBase
 from .layout import BlockLayout, unit_shape
+from .matmul import Transposed, matmul
 
 KIND = "enc_tensor"
 
 
-class EncTensor:
+class EncTensor(TensorBase):
     """An encrypted float matrix in HETAL's block layout (see ``layout.BlockLayout``).
 
     >>> x = encrypt(torch.randn(4, 3), secret_ctx)     # doctest: +SKIP
@@ -33,50 +35,8 @@ class EncTensor:
 
     __array_ufunc__ = None  # numpy operands on the left defer to our reflected ops (ndarray + x)
 
-    def __init__(self, blocks: list[list[Cipher]], layout: BlockLayout, ctx: PublicContext,
-                 requires_grad: bool = False) -> None:
-        if not isinstance(ctx, PublicContext):
-            raise KeyRoleError(f"an EncTensor holds a PublicContext, not a {type(ctx).__name__}; "
-                               "pass secret_ctx.public()")
-        if (len(blocks), len(blocks[0]) if blocks else 0) != layout.grid:
-            raise ShapeError(f"{len(blocks)} block rows for a layout of grid {layout.grid}")
-        self._blocks = blocks
-        self.layout = layout
-        self.ctx = ctx
-        self.requires_grad = requires_grad
-        self.grad: EncTensor | None = None
-        self.grad_fn: autograd.Node | None = None
-
     def _new(self, blocks: list[list[Cipher]], layout: BlockLayout | None = None) -> EncTensor:
         return EncTensor(blocks, layout or self.layout, self.ctx)
-
-    # --- metadata --------------------------------------------------------------------------------
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size(self.layout.shape)
-
-    def size(self, dim: int | None = None) -> Any:
-        return self.shape if dim is None else self.shape[dim]
-
-    @property
-    def ndim(self) -> int:
-        return 2
-
-    @property
-    def blocks(self) -> list[list[Cipher]]:
-        return self._blocks
-
-    def ciphers(self) -> list[Cipher]:
-        return [c for row in self._blocks for c in row]
-
-    @property
-    def level(self) -> int:
-        """Levels left: the smallest chain index among the blocks."""
-        return min(c.level for c in self.ciphers())
-
-    @property
-    def is_leaf(self) -> bool:
-        return self.grad_fn is None
 
     def __repr__(self) -> str:
         grad = f", grad_fn={self.grad_fn}" if self.grad_fn else (
@@ -154,16 +114,12 @@ class EncTensor:
 
     # --- matrix products (encrypted_torch.linalg: DiagABT / DiagATB) ------------------------------
     @property
-    def T(self) -> Any:  # noqa: N802 (torch's name)
+    def T(self) -> Transposed:  # noqa: N802 (torch's name)
         """Lazy transpose, an operand of ``@``: ``x @ w.T`` (DiagABT), ``g.T @ x`` (DiagATB)."""
-        from ..linalg.transpose import Transposed
-
         return Transposed(self)
 
     def __matmul__(self, other: Any) -> Any:
         """``x @ w.T`` (w encrypted, vertical) or ``x @ m`` (m a plaintext features × classes matrix)."""
-        from ..linalg.functions import matmul
-
         return matmul(self, other)
 
     # --- autograd ----------------------------------------------------------------------------------

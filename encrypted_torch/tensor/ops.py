@@ -7,10 +7,11 @@ from typing import Any
 from ..autograd.function import Function, FunctionCtx
 from ..errors import ShapeError
 from . import kernels
+from .base import TensorBase
 
 
 def _is_enc(x: Any) -> bool:
-    return hasattr(x, "_blocks")
+    return isinstance(x, TensorBase)
 
 
 def _check_same_layout(a: Any, b: Any, op: str) -> None:

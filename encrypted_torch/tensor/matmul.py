@@ -1,4 +1,7 @@
-"""The matrix products as autograd Functions, and the dispatch behind ``EncTensor.__matmul__``.
+"""The matrix products as autograd Functions, ``t.T`` and the dispatch behind ``EncTensor.__matmul__``.
+
+The homomorphic kernels live in encrypted_torch.linalg (no autograd there); the ops here record
+them, like the elementwise ops in ops.py record kernels.py.
 
 For y = x @ w.T (a linear layer): grad_w = gᵀ·x is DiagATB, whose vertical result is w's own
 layout, so the optimizer adds it with no repacking. HETAL never needs grad_x (the features are
@@ -14,13 +17,12 @@ import torch
 
 from ..autograd.function import Function, FunctionCtx
 from ..errors import ShapeError
+from ..linalg.diag_abt import DEPTH as ABT_DEPTH
+from ..linalg.diag_abt import diag_abt, diag_abt_plain
+from ..linalg.diag_atb import DEPTH as ATB_DEPTH
+from ..linalg.diag_atb import diag_atb, diag_atb_plain
 from ..refresh import current_refresher
-from ._common import is_enc
-from .diag_abt import DEPTH as ABT_DEPTH
-from .diag_abt import diag_abt, diag_abt_plain
-from .diag_atb import DEPTH as ATB_DEPTH
-from .diag_atb import diag_atb, diag_atb_plain
-from .transpose import Transposed
+from .base import TensorBase
 
 
 def product_out_level() -> int | None:
@@ -51,7 +53,7 @@ class MatMulABT(Function):
     def forward(ctx: FunctionCtx, x: Any, w: Any, out_scale: float = 1.0) -> Any:
         ctx.save_for_backward(x, w, out_scale)
         out = product_out_level()
-        if is_enc(w):
+        if isinstance(w, TensorBase):
             return diag_abt(x, w, out_scale=out_scale, out_level=out)
         return diag_abt_plain(x, w, out_scale=out_scale, out_level=out)
 
@@ -78,7 +80,7 @@ class MatMulATB(Function):
     def forward(ctx: FunctionCtx, g: Any, x: Any, out_scale: float = 1.0) -> Any:
         ctx.save_for_backward(g, x, out_scale)
         out = product_out_level()
-        if is_enc(x):
+        if isinstance(x, TensorBase):
             return diag_atb(g, x, out_scale=out_scale, out_level=out)
         return diag_atb_plain(g, x, out_scale=out_scale, out_level=out)
 
@@ -92,9 +94,44 @@ class MatMulATB(Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         # d(gᵀx)/dg = x·gradᵀ: DiagABT, whose horizontal result is g's own layout.
-        if is_enc(x):
+        if isinstance(x, TensorBase):
             return diag_abt(x, grad, out_scale=out_scale, out_level=product_out_level()), None, None
         raise NotImplementedError("the gradient of g in g.T @ plaintext needs plaintext @ EncTensor.T")
+
+
+class Transposed:
+    """The transpose of an EncTensor as an operand of ``@``: ``x @ w.T`` and ``g.T @ x``.
+
+    Nothing is re-packed: DiagABT reads ``w`` in its vertical tiling, DiagATB reads ``g`` in its
+    horizontal one. ``.T`` gives the EncTensor back.
+    """
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    @property
+    def T(self) -> Any:  # noqa: N802 (torch's name)
+        return self.base
+
+    @property
+    def shape(self) -> torch.Size:
+        rows, cols = self.base.shape
+        return torch.Size((cols, rows))
+
+    @property
+    def requires_grad(self) -> bool:
+        return bool(self.base.requires_grad)
+
+    def __matmul__(self, other: Any) -> Any:
+        return matmul(self, other)
+
+    def __bool__(self) -> bool:
+        return self.base.__bool__()
+
+    def __repr__(self) -> str:
+        return f"Transposed({self.base!r})"
 
 
 def matmul(left: Any, right: Any) -> Any:
@@ -103,17 +140,18 @@ def matmul(left: Any, right: Any) -> Any:
     ``x @ w.T`` (w encrypted, vertical) and ``x @ m`` (m a plaintext features × classes matrix) run
     DiagABT; ``g.T @ x`` (x encrypted or plaintext) runs DiagATB; ``x.T @ g`` returns ``(g.T @ x).T``.
     """
+    enc_right = isinstance(right, TensorBase)
     if isinstance(left, Transposed):
         base = left.base
         if base.layout.tiling == "horizontal":
-            return MatMulATB.apply(base, right if is_enc(right) else _plain(right))
-        if base.layout.tiling == "grid" and is_enc(right) and right.layout.tiling == "horizontal":
+            return MatMulATB.apply(base, right if enc_right else _plain(right))
+        if base.layout.tiling == "grid" and enc_right and right.layout.tiling == "horizontal":
             return Transposed(MatMulATB.apply(right, base))
         raise ShapeError(f"{tuple(left.shape)} @ {tuple(right.shape)}: a transposed left operand must be "
                          "a horizontally tiled (batch × classes) EncTensor, as in g.T @ x")
     if isinstance(right, Transposed):
         return MatMulABT.apply(left, right.base)
-    if is_enc(right):
+    if enc_right:
         raise ShapeError(f"{tuple(left.shape)} @ {tuple(right.shape)}: write x @ w.T with w "
                          "(classes × features) encrypted in the vertical tiling")
     m = _plain(right)
