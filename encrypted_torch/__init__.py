@@ -7,6 +7,7 @@ from .errors import (
     ContextNotLoadedError,
     DepthError,
     DomainError,
+    EncryptionRequiredError,
     EncTorchError,
     GraphFreedError,
     KeyRoleError,
@@ -31,7 +32,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "PRESETS", "BlockLayout", "CKKSParams", "ContextMismatchError", "ContextNotLoadedError", "DepthError",
-    "DomainError", "EncTensor", "EncTorchError", "Function", "GraphFreedError", "KeyRoleError",
+    "DomainError", "EncTensor", "EncTorchError", "EncryptionRequiredError", "Function", "GraphFreedError",
+    "KeyRoleError",
     "MissingRotationKeyError", "OpCounts", "PublicContext", "Refresher", "SecretContext", "SerializationError",
     "ShapeError", "count_ops", "current_refresher", "encrypt", "load", "load_context", "no_grad", "refresh_with",
     "save", "unit_shape",
