@@ -21,7 +21,8 @@ CELL_TIMEOUT = 600  # seconds per cell; the slowest cell (notebook 3's SEAL run)
 PUBLIC_MODULES = {
     "encrypted_torch", "encrypted_torch.client", "encrypted_torch.client.remote", "encrypted_torch.datasets",
     "encrypted_torch.functional", "encrypted_torch.hetal", "encrypted_torch.linalg", "encrypted_torch.nn",
-    "encrypted_torch.optim", "encrypted_torch.training",
+    "encrypted_torch.optim", "encrypted_torch.testing", "encrypted_torch.testing.strategies",
+    "encrypted_torch.training",
 }
 
 
@@ -41,6 +42,7 @@ NOTEBOOKS = {
     "03_hetal_finetuning.ipynb": [pytest.mark.slow, _needs("matplotlib", "sklearn")],  # ~1.5 min: HETAL on SEAL
     "04_client_server.ipynb": [_needs("websockets")],  # ~20 s: server subprocess, plaintext backend
     "05_under_the_hood.ipynb": [_needs("matplotlib")],  # ~15 s: plaintext backend and numpy
+    "06_testing_your_encrypted_model.ipynb": [],  # ~30 s: pytest subprocesses, plaintext backend + one SEAL test
 }
 
 
