@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ContextMismatchError, DepthError, DomainError
 from . import counters
+from .backend import Backend
 from .galois import compose_rotation
 
 _SAME_SCALE = 1e-12  # relative; differences this small are double rounding, not real drift
@@ -41,7 +42,7 @@ class Cipher:
 class Evaluator:
     """Homomorphic ops with level/scale bookkeeping; the only caller of a backend's raw ops."""
 
-    def __init__(self, backend: Any, context_id: str) -> None:
+    def __init__(self, backend: Backend, context_id: str) -> None:
         self.backend = backend
         self.context_id = context_id
         self.params = backend.params
@@ -51,9 +52,7 @@ class Evaluator:
 
     # --- helpers --------------------------------------------------------------------------
     def _wrap(self, handle: Any, level: int, scale: float, op: str, size: int = 2) -> Cipher:
-        check = getattr(self.backend, "check_range", None)
-        if check is not None:
-            check(handle, level, scale, op)
+        self.backend.check_range(handle, level, scale, op)
         return Cipher(handle, level, scale, self.context_id, size)
 
     def _own(self, *cs: Cipher) -> None:

@@ -13,11 +13,12 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import SerializationError
+from .backend import Backend
 from .params import CKKSParams
 from .seal_backend import data_primes
 
 
-class PlainBackend:
+class PlainBackend(Backend):
     """Evaluation on cleartext slot vectors (complex128); handles are numpy arrays."""
 
     name = "plain"
@@ -88,6 +89,10 @@ class PlainBackend:
                 f"{op}: a value of magnitude {peak:.3g} exceeds what level {level} can hold "
                 f"(< {bound:.3g} at scale 2^{np.log2(scale):.1f}); in CKKS it would wrap silently"
             )
+
+    def checked_values(self, a: np.ndarray) -> np.ndarray | None:
+        """The slot values (held in the clear) in checked mode, for the domain checks of approximations."""
+        return np.asarray(a) if self.checked else None
 
     def handle_to_bytes(self, a: np.ndarray) -> bytes:
         buf = io.BytesIO()

@@ -108,7 +108,7 @@ class SecretContext:
         ``inspect`` sees the decrypted slot vectors before anything is re-encrypted (the key owner's
         domain guard); whatever it raises stops the refresh."""
         ev = self.public().evaluator
-        symmetric = getattr(self._owner, "encrypt_symmetric", None)
+        symmetric = self._owner.encrypt_symmetric if self._owner.symmetric_encryption else None
         decrypted = [self.decrypt_vector(c) for c in ciphers]
         if inspect is not None:
             inspect(decrypted)
@@ -177,6 +177,8 @@ class SecretContext:
 
 class _PlainKeyOwner:
     """The plaintext backend's 'key': a random token that ties ciphertexts to their context."""
+
+    symmetric_encryption = False  # refreshes encrypt with the public key (the same exact slots)
 
     def __init__(self, token: bytes) -> None:
         self.token = token

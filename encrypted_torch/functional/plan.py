@@ -16,46 +16,14 @@ from typing import Any
 from ..approx.softmax import SoftmaxConfig
 from ..ckks import counters
 from ..ckks.evaluator import Cipher, Evaluator
-from ..ckks.galois import power_of_two_steps
+from ..ckks.null_backend import DryRefresher, NullBackend, seal_primes, synthetic_params
 from ..ckks.params import CKKSParams, get_params
+from ..ckks.public import PublicContext
 from ..refresh import refresh_with
 from ..tensor.layout import BlockLayout, unit_shape
 from .softmax_core import Ensure, RefreshPolicy, softmax_ciphers
 
-
-class NullBackend:
-    """The raw-op interface of the CKKS backends, doing nothing: levels and scales are the
-    evaluator's bookkeeping, which is all a plan needs."""
-
-    name = "null"
-
-    def __init__(self, params: CKKSParams, primes: list[int], steps: Any = None) -> None:
-        self.params = params
-        self.slots = params.slots
-        self.primes = list(primes)
-        steps = power_of_two_steps(self.slots) if steps is None else steps
-        self.rotation_steps = frozenset(s % self.slots for s in steps) - {0}
-
-    def _none(self, *_: Any) -> None:
-        return None
-
-    encrypt = add = sub = negate = add_plain = multiply = square = relinearize = rescale = _none
-    multiply_plain = rotate = conjugate = mod_switch = set_scale = _none
-
-
-def synthetic_params(levels: int, poly_modulus_degree: int = 16384) -> CKKSParams:
-    """Parameters with ``levels`` levels (no security claim: for plans only)."""
-    return CKKSParams(f"plan-{levels}", poly_modulus_degree, (60,) + (40,) * levels + (60,), 40)
-
-
-class _DryRefresher:
-    def __init__(self, ev: Evaluator) -> None:
-        self.ev = ev
-
-    def refresh(self, ciphers: Any) -> list[Cipher]:
-        for c in ciphers:
-            counters.record("refreshes", level=c.level)
-        return [self.ev.encrypt(0.0) for _ in ciphers]
+__all__ = ["CANDIDATES", "NullBackend", "SoftmaxPlan", "plan_softmax", "synthetic_params"]
 
 
 @dataclass(frozen=True)
@@ -104,11 +72,11 @@ def plan_softmax(config: SoftmaxConfig, shape: tuple[int, int], params: Any = "f
     11
     """
     steps = None
-    if hasattr(params, "evaluator"):  # a PublicContext
+    if isinstance(params, PublicContext):
         steps, primes, params = params.rotation_steps, params.backend.primes, params.params
     else:
         params = get_params(params)
-        primes = _primes(params)
+        primes = seal_primes(params)
     batch, classes = shape
     layout = BlockLayout((batch, classes), unit or unit_shape(batch, classes, params.slots), "horizontal")
     level = params.levels if input_level is None else input_level
@@ -143,17 +111,9 @@ def _dry_run(ev: Evaluator, config: SoftmaxConfig, layout: BlockLayout, level: i
     def run() -> tuple[counters.OpCounts, list[Cipher], list[tuple[str, int]]]:
         ensure = Ensure()
         xs = [ev.encrypt(0.0, level=level) for _ in range(layout.grid[0])]
-        with refresh_with(_DryRefresher(ev)), counters.count_ops() as ops:
+        with refresh_with(DryRefresher(ev)), counters.count_ops() as ops:
             out = softmax_ciphers(ev, xs, layout, config, input_scale=input_scale, ensure=ensure,
                                   policy=policy)
         return ops, out, ensure.log
 
     return contextvars.Context().run(run)
-
-
-@lru_cache(maxsize=8)
-def _primes(params: CKKSParams) -> list[int]:
-    """The data primes SEAL picks for ``params`` (the ckks package computes them)."""
-    from ..ckks.seal_backend import data_primes
-
-    return data_primes(params)

@@ -48,10 +48,10 @@ def check_domain(logits: EncTensor, config: SoftmaxConfig, input_scale: float = 
     nothing can check: out-of-domain logits give wrong probabilities silently (docs/softmax.md).
     """
     backend = logits.ctx.backend
-    if getattr(backend, "name", None) != "plain" or not getattr(backend, "checked", False):
+    if not backend.checked:
         return
+    values = np.stack([np.real(backend.checked_values(row[0].handle)) for row in logits.blocks]) / input_scale
     valid = logits.layout.valid_mask()[:, 0, :] > 0
-    values = np.stack([np.real(row[0].handle) for row in logits.blocks]) / input_scale
     peak = float(np.max(np.abs(values[valid]))) if valid.any() else 0.0
     if not peak <= config.domain_radius:
         raise DomainError(

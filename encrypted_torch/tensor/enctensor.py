@@ -237,14 +237,14 @@ class EncTensor(TensorBase):
         n_a, n_b = layout.grid
         if len(blocks) != n_a * n_b or layout.slots != ctx.slots or len(sections) != len(blocks) + 1:
             raise SerializationError("block count or unit shape does not match the layout/context")
-        level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows; plain slots do not
+        backend = ctx.backend
         flat = []
         for k, item in enumerate(blocks):
             lv, sc, sz = serialize.cipher_meta(item, f"block {k}", ctx.top_level)
             (raw,) = serialize.require(sections, f"b{k}")
-            handle = ctx.backend.handle_from_bytes(raw)
-            if level_of is not None:
-                found = (level_of(handle), ctx.backend.scale_of(handle), ctx.backend.size_of(handle))
+            handle = backend.handle_from_bytes(raw)
+            if backend.tracks_levels:  # SEAL knows; plain slots do not
+                found = (backend.level_of(handle), backend.scale_of(handle), backend.size_of(handle))
                 if found != (lv, sc, sz):
                     raise SerializationError(f"block {k}: ciphertext at level/scale/size {found}, "
                                              f"recorded as {lv, sc, sz}")

@@ -19,9 +19,9 @@ import torch
 
 from .. import parallel
 from ..ckks.evaluator import Cipher
+from ..ckks.null_backend import NullBackend
 from ..ckks.public import PublicContext
 from ..data.dataset import EncBatch
-from ..functional.plan import NullBackend
 from ..tensor.enctensor import EncTensor, encrypt
 from ..tensor.layout import BlockLayout
 from .protocol import EpochVerdict

@@ -14,11 +14,10 @@ from functools import lru_cache
 from typing import Any
 
 from ..ckks import counters
+from ..ckks.null_backend import DryRefresher, null_context
 from ..ckks.params import CKKSParams, get_params
-from ..ckks.public import PublicContext
 from ..errors import EncTorchError, ShapeError
 from ..functional.cross_entropy import cross_entropy
-from ..functional.plan import NullBackend, _DryRefresher, _primes
 from ..linalg.steps import hetal_rotation_steps
 from ..parallel import use_workers
 from ..refresh import ensure_levels, refresh_with
@@ -60,7 +59,7 @@ def step_counts(batch: int, features: int, classes: int, unit: tuple[int, int],
     refresh), run dry; ``features`` includes the bias column."""
     def run() -> counters.OpCounts:
         steps = hetal_rotation_steps(unit, next_pow2(classes))
-        ctx = PublicContext(params, NullBackend(params, _primes(params), steps), "unit-choice", {})
+        ctx = null_context(params, steps, "unit-choice")
         ev = ctx.evaluator
 
         def tensor(shape: tuple[int, int], tiling: str) -> EncTensor:
@@ -70,7 +69,7 @@ def step_counts(batch: int, features: int, classes: int, unit: tuple[int, int],
 
         x, y = tensor((batch, features), "grid"), tensor((batch, classes), "horizontal")
         w = tensor((classes, features), "vertical").requires_grad_()
-        with refresh_with(_DryRefresher(ev)), use_workers(1), counters.count_ops() as ops:
+        with refresh_with(DryRefresher(ev)), use_workers(1), counters.count_ops() as ops:
             cross_entropy(x @ w.T, y).backward()
             ensure_levels(w.grad.ciphers(), 1, "optimizer")
         return ops
