@@ -6,29 +6,69 @@ Gradients of encrypted tensors are encrypted tensors; the backward rules run hom
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
+import contextvars
 from typing import Any
 
 from ..errors import GraphFreedError
 from ..profiling import section
 
-_state = threading.local()
+# Like the refresher and the op counters, ambient state is a ContextVar: each thread and asyncio
+# task starts from its own value (True), and a dry run in an empty Context sees the default.
+_grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("encrypted_torch_grad_enabled", default=True)
 
 
 def is_grad_enabled() -> bool:
-    return getattr(_state, "enabled", True)
+    return _grad_enabled.get()
 
 
-@contextlib.contextmanager
-def no_grad() -> Iterator[None]:
-    """Run ops without recording them for backward (validation, optimizer steps)."""
-    prev = is_grad_enabled()
-    _state.enabled = False
-    try:
-        yield
-    finally:
-        _state.enabled = prev
+class _GradMode(contextlib.ContextDecorator):
+    """Sets the grad mode on entry and restores the previous one on exit; nests, and as a decorator
+    each call gets its own instance (recursion, threads)."""
+
+    MODE = True
+
+    def __init__(self) -> None:
+        self._prev: list[bool] = []
+
+    def _recreate_cm(self) -> _GradMode:
+        return type(self)()
+
+    def __enter__(self) -> None:
+        self._prev.append(is_grad_enabled())
+        _grad_enabled.set(self.MODE)
+
+    def __exit__(self, *exc: Any) -> None:
+        _grad_enabled.set(self._prev.pop())
+
+
+class no_grad(_GradMode):  # noqa: N801 (torch's name)
+    """Run ops without recording them for backward (validation, optimizer steps); a context manager
+    or a decorator, as torch's ``no_grad``."""
+
+    MODE = False
+
+
+class enable_grad(_GradMode):  # noqa: N801 (torch's name)
+    """Record ops again inside a ``no_grad`` block, as torch's ``enable_grad``."""
+
+    MODE = True
+
+
+class set_grad_enabled(_GradMode):  # noqa: N801 (torch's name)
+    """Turn recording on or off: at once when called, and back to the previous mode when used as a
+    context manager or decorator that exits (torch's ``set_grad_enabled``)."""
+
+    def __init__(self, mode: bool) -> None:
+        super().__init__()
+        self.MODE = bool(mode)
+        self._prev.append(is_grad_enabled())
+        _grad_enabled.set(self.MODE)
+
+    def _recreate_cm(self) -> _GradMode:
+        return set_grad_enabled(self.MODE)
+
+    def __enter__(self) -> None:
+        _grad_enabled.set(self.MODE)  # the previous mode was taken when called
 
 
 class FunctionCtx:
