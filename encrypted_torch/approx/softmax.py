@@ -26,6 +26,9 @@ RATIO = 2.0  # L: each extension step doubles the domain
 
 T = TypeVar("T")
 
+#: The names ``SoftmaxConfig.preset`` takes (a job's ``softmax`` field, ``--softmax``).
+SOFTMAX_PRESETS = ("default", "hetal", "hetal-n11", "hetal-precise", "narrow")
+
 
 @lru_cache(maxsize=64)
 def _shared(cls: type[T], *args: object) -> T:
@@ -108,6 +111,7 @@ class SoftmaxConfig:
 
     @classmethod
     def preset(cls, name: str) -> SoftmaxConfig:
+        """The configuration named ``name`` (one of ``SOFTMAX_PRESETS``)."""
         presets = {"default": cls, "hetal": cls.hetal, "hetal-n11": cls.hetal_n11,
                    "hetal-precise": cls.precise_wide, "narrow": cls.narrow}
         if name not in presets:

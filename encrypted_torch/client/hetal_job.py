@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..approx.softmax import SoftmaxConfig
 from ..ckks.secret import SecretContext
 from ..data.dataset import EncDataset
 from ..hetal.config import HetalConfig
@@ -42,7 +43,7 @@ class PreparedRun:
         return {"model": "hetal-linear", "in_features": self.in_features, "out_features": self.num_classes,
                 "bias": True, "optimizer": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum,
                 "epochs": cfg.epochs, "max_steps": cfg.max_steps, "seed": cfg.seed,
-                "checkpoint_every": checkpoint_every}
+                "checkpoint_every": checkpoint_every, "softmax": cfg.softmax}
 
 
 def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | None = None) -> PreparedRun:
@@ -65,7 +66,8 @@ def run_in_process(prep: PreparedRun, key_owner: KeyOwner | None = None) -> tupl
 
     job = validate_job(prep.job(), {"hetal-linear": build_hetal_linear})
     owner = key_owner or prep.key_owner
-    owner.expect(plan_job(owner.public_context, job, prep.init, prep.train, prep.val))  # as a remote run does
+    owner.expect(plan_job(owner.public_context, job, prep.init, prep.train, prep.val),  # as a remote run does
+                 softmax_config=SoftmaxConfig.preset(job["softmax"]))
     model, optimizer, criterion = build_hetal_linear(owner.public_context, job, prep.init, prep.train.unit)
     loader = StreamingLoader(prep.train, shuffle=True, seed=job["seed"], max_steps=job["max_steps"])
     result = Trainer(model, optimizer, owner, criterion, progress=False).fit(loader, prep.val, job["epochs"])

@@ -52,9 +52,13 @@ class KeyOwner:
         self._best: dict[str, torch.Tensor] | None = None
         self._layouts: dict[str, Any] = {}
 
-    def expect(self, plan: RefreshPlan | None, *, replay_steps: int = 1) -> None:
-        """Answer only what ``plan`` (this key owner's own copy of the job) asks from now on."""
+    def expect(self, plan: RefreshPlan | None, *, replay_steps: int = 1,
+               softmax_config: SoftmaxConfig | None = None) -> None:
+        """Answer only what ``plan`` (this key owner's own copy of the job) asks from now on;
+        ``softmax_config``: the job's softmax, whose domains the guard checks (default: unchanged)."""
         self.policy = KeyOwnerPolicy(plan, replay_steps=replay_steps)
+        if softmax_config is not None:
+            self.softmax_config = softmax_config
 
     def begin_job(self, plan: RefreshPlan | None = None) -> None:
         """Start a new job in this process (``Trainer.fit`` calls it): early stopping as configured,
@@ -133,9 +137,9 @@ class KeyOwner:
 
     def _guard(self) -> StageBounds:
         classes = self.num_classes or 2
-        if getattr(self, "_bounds_for", None) != classes:
+        if getattr(self, "_bounds_for", None) != (classes, self.softmax_config):
             self._bounds = stage_bounds(self.softmax_config, classes, params=self.secret.params)
-            self._bounds_for = classes
+            self._bounds_for = (classes, self.softmax_config)
         return self._bounds
 
     def validation_metrics(self, dataset: str, val_logits: list[EncTensor]) -> dict[str, float]:

@@ -31,6 +31,7 @@ import torch
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
+from ..approx.softmax import SoftmaxConfig
 from ..ckks import serialize
 from ..data.dataset import EncDataset
 from ..errors import DomainError, EncTorchError, JobPolicyError, SerializationError
@@ -234,7 +235,8 @@ class RemoteSession:
             train = self._manifests["train"]
             policy_state = owner.policy.state_dict()
             owner.expect(plan_job(self.ctx, job, init_model, train, self._manifests["val"], builders),
-                         replay_steps=replay_steps(job, train))
+                         replay_steps=replay_steps(job, train),
+                         softmax_config=SoftmaxConfig.preset(job.get("softmax", "default")))
             owner.policy.load_state_dict(policy_state)  # verdicts already given (a restarted client)
         if owner.num_classes is None and "train" in self._manifests:
             owner.num_classes = self._manifests["train"].num_classes

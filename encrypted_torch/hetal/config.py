@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 
+from ..approx.softmax import SOFTMAX_PRESETS
+
 
 @dataclass
 class HetalConfig:
@@ -20,7 +22,7 @@ class HetalConfig:
     optimizer: str = "nesterov"  # "nesterov" (torch SGD, nesterov=True), "nag" (Kim et al.), "sgd"
     momentum: float = 0.9
     init: str = "zeros"
-    softmax: str = "hetal"
+    softmax: str = "default"  # SoftmaxConfig.preset: the server's softmax and the key owner's domain guard
     n_train: int | None = None
     n_val: int | None = None
     n_test: int | None = None
@@ -51,8 +53,8 @@ def config_for(dataset: str, **overrides: object) -> HetalConfig:
     return HetalConfig(dataset=dataset, **values)
 
 
-_RUN_OPTIONS = ("preset", "batch_size", "lr", "epochs", "patience", "optimizer", "n_train", "n_val", "n_test",
-                "max_steps", "data_dir", "seed")
+_RUN_OPTIONS = ("preset", "batch_size", "lr", "epochs", "patience", "optimizer", "softmax", "n_train", "n_val",
+                "n_test", "max_steps", "data_dir", "seed")
 
 
 def add_config_arguments(ap: argparse.ArgumentParser, default_dataset: str) -> None:
@@ -64,6 +66,8 @@ def add_config_arguments(ap: argparse.ArgumentParser, default_dataset: str) -> N
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--patience", type=int)
     ap.add_argument("--optimizer", choices=["nesterov", "nag", "sgd"])
+    ap.add_argument("--softmax", choices=list(SOFTMAX_PRESETS),
+                    help="softmax approximation (SoftmaxConfig.preset; default: 'default', Rmax = 128)")
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--n-val", type=int)
     ap.add_argument("--n-test", type=int)

@@ -14,11 +14,13 @@ from typing import Any
 import torch
 
 from .. import optim
+from ..approx.softmax import SoftmaxConfig
 from ..ckks.secret import SecretContext
 from ..client.key_owner import KeyOwner
 from ..client.policy import plan_job
 from ..data.dataset import DataLoader
 from ..nn.linear import Linear
+from ..nn.loss import CrossEntropyLoss
 from ..tensor.layout import next_pow2
 from ..training.early_stopping import EarlyStopping
 from ..training.trainer import FitResult, Trainer
@@ -121,9 +123,11 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     loader = _Limited(DataLoader(train, shuffle=True, seed=cfg.seed), cfg.max_steps)
     job = {"model": "hetal-linear", "in_features": d, "out_features": c, "bias": True, "optimizer": cfg.optimizer,
            "lr": cfg.lr, "momentum": cfg.momentum, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
-           "seed": cfg.seed, "checkpoint_every": 1}
-    client.expect(plan_job(client.public_context, job, dict(model.state_dict()), train, val))  # as remote runs
-    trainer = Trainer(model, opt, client, progress=progress)
+           "seed": cfg.seed, "checkpoint_every": 1, "softmax": cfg.softmax}
+    softmax = SoftmaxConfig.preset(cfg.softmax)
+    client.expect(plan_job(client.public_context, job, dict(model.state_dict()), train, val),  # as remote runs
+                  softmax_config=softmax)
+    trainer = Trainer(model, opt, client, CrossEntropyLoss(softmax), progress=progress)
     enc = trainer.fit(loader, val, cfg.epochs)
 
     # --- client: decrypt the best model, evaluate locally ---------------------------------------------------

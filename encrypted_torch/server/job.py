@@ -10,7 +10,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..approx.softmax import SOFTMAX_PRESETS, SoftmaxConfig
 from ..nn.linear import Linear
+from ..nn.loss import CrossEntropyLoss
 from ..optim import from_name as optim_from_name
 from ..optim.optimizer import EncOptimizer
 from ..protocol.errors import JobConfigError
@@ -22,10 +24,10 @@ OPTIMIZERS = ("nesterov", "nag", "sgd")
 _FIELDS: dict[str, tuple[type, ...]] = {
     "model": (str,), "in_features": (int,), "out_features": (int,), "bias": (bool,), "optimizer": (str,),
     "lr": (int, float), "momentum": (int, float), "epochs": (int,), "max_steps": (int, type(None)),
-    "seed": (int,), "checkpoint_every": (int,),
+    "seed": (int,), "checkpoint_every": (int,), "softmax": (str,),
 }
 DEFAULTS: dict[str, Any] = {"bias": True, "optimizer": "nesterov", "momentum": 0.9, "max_steps": None,
-                            "seed": 0, "checkpoint_every": 1}
+                            "seed": 0, "checkpoint_every": 1, "softmax": "default"}
 
 
 def validate_job(job: Any, builders: dict[str, Builder]) -> dict[str, Any]:
@@ -43,6 +45,7 @@ def validate_job(job: Any, builders: dict[str, Builder]) -> dict[str, Any]:
     checks = [
         (job["model"] in builders, f"unknown model {job['model']!r}; this server builds {sorted(builders)}"),
         (job["optimizer"] in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+        (job["softmax"] in SOFTMAX_PRESETS, f"softmax must be one of {SOFTMAX_PRESETS} (SoftmaxConfig.preset)"),
         (1 <= job["in_features"] <= 1 << 20 and 1 <= job["out_features"] <= 1 << 12, "feature/class counts"),
         (math.isfinite(job["lr"]) and 0 < job["lr"] <= 1e3, "lr must be in (0, 1000]"),
         (math.isfinite(job["momentum"]) and 0 <= job["momentum"] < 1, "momentum must be in [0, 1)"),
@@ -67,7 +70,7 @@ def build_hetal_linear(ctx: Any, job: dict[str, Any], init: dict[str, EncTensor]
     model = Linear(job["in_features"], job["out_features"], bias=job["bias"], init="zeros")
     model.encrypt(ctx, unit=unit)  # public zeros; replaced by the client's initial weights below
     model.load_state_dict(init)
-    return model, make_optimizer(job, model.parameters()), None
+    return model, make_optimizer(job, model.parameters()), CrossEntropyLoss(SoftmaxConfig.preset(job["softmax"]))
 
 
 BUILDERS: dict[str, Builder] = {"hetal-linear": build_hetal_linear}
