@@ -220,3 +220,28 @@ def cipher_meta(item: Any, what: str, top_level: int,
     if not 0 <= level <= top_level or size not in (2, 3) or not 0 < scale < math.inf:
         raise error(f"{what}: invalid level/scale/size {level, scale, size}")
     return level, scale, size
+
+
+def read_head(prefix: bytes, max_first: int) -> tuple[str, str, bytes]:
+    """(kind, first section's name, its payload) from the first bytes of a ``pack`` output, before the
+    rest has arrived (no checksum yet): lets a receiver refuse an upload on its first chunk.
+    SerializationError when ``prefix`` is not our framing, or does not hold the whole first section,
+    or that section is over ``max_first`` bytes."""
+    if not prefix.startswith(MAGIC) or len(prefix) < len(MAGIC) + 1:
+        raise SerializationError("not encrypted_torch framing (bad magic or too short)")
+    if prefix[len(MAGIC)] != VERSION:
+        raise SerializationError(f"unsupported format version {prefix[len(MAGIC)]}")
+    try:
+        kind, pos = _get(prefix, len(MAGIC) + 1)
+        pos += 4  # section count
+        name, pos = _get(prefix, pos)
+        (length,) = struct.unpack_from("<Q", prefix, pos)
+        pos += 8
+    except struct.error:
+        raise SerializationError("the bytes end inside the header") from None
+    if length > max_first or pos + length > len(prefix):
+        raise SerializationError(f"the first section must arrive whole and hold at most {max_first} bytes")
+    try:
+        return kind.decode(), name.decode(), prefix[pos : pos + length]
+    except UnicodeDecodeError:
+        raise SerializationError("a kind or section name is not UTF-8") from None

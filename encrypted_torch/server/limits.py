@@ -12,7 +12,6 @@ import gc
 import json
 import math
 import os
-import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..ckks import serialize
-from ..errors import KeyRoleError, ShapeError
+from ..errors import KeyRoleError, SerializationError, ShapeError
 from ..protocol.errors import ProtocolError, SessionError
 from ..storage.dataset import Manifest
 from ..tensor.layout import BlockLayout
@@ -56,30 +55,17 @@ def context_header(first: bytes) -> dict[str, Any]:
 
     A SecretContext is refused here (KeyRoleError): its framing names its kind first.
     """
-    magic = serialize.MAGIC
-    if not first.startswith(magic) or len(first) < len(magic) + 3:
-        raise ProtocolError("the public context upload does not start with encrypted_torch framing")
     try:
-        pos = len(magic) + 1
-        (n,) = struct.unpack_from("<H", first, pos)
-        kind = first[pos + 2 : pos + 2 + n]
-        if kind == b"secret_context":
-            raise KeyRoleError("the server refuses a secret key: upload SecretContext.public_bytes(), "
-                               "never the SecretContext itself")
-        if kind != b"public_context":
-            raise ProtocolError(f"expected a public_context upload, got {kind[:40]!r}")
-        pos += 2 + n + 4  # kind, section count
-        (n,) = struct.unpack_from("<H", first, pos)
-        name = first[pos + 2 : pos + 2 + n]
-        pos += 2 + n
-        (length,) = struct.unpack_from("<Q", first, pos)
-        pos += 8
-    except struct.error:
-        raise ProtocolError("the first chunk of a public context must hold its whole header") from None
-    if name != b"meta" or length > MAX_CONTEXT_META_BYTES or pos + length > len(first):
-        raise ProtocolError("the first chunk of a public context must hold its metadata section "
-                            f"(at most {MAX_CONTEXT_META_BYTES} bytes)")
-    meta = serialize.loads_json(first[pos : pos + length], "public context metadata")
+        kind, name, meta_raw = serialize.read_head(first, MAX_CONTEXT_META_BYTES)
+    except SerializationError as err:
+        raise ProtocolError(f"the first chunk of a public context must hold its framing and metadata section: "
+                            f"{err}") from None
+    if kind == "secret_context":
+        raise KeyRoleError("the server refuses a secret key: upload SecretContext.public_bytes(), "
+                           "never the SecretContext itself")
+    if kind != "public_context" or name != "meta":
+        raise ProtocolError(f"expected a public_context upload starting with its metadata, got {kind[:40]!r}")
+    meta = serialize.loads_json(meta_raw, "public context metadata")
     try:
         n_ring, bits, steps = int(meta["params"]["n"]), list(meta["params"]["bits"]), list(meta["steps"])
         backend = str(meta["backend"])
