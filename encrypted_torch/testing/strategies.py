@@ -49,23 +49,26 @@ def shapes(draw: st.DrawFn, ctx: Any, *, max_blocks: int = 1, max_rows: int = 64
     return rows, cols
 
 
+def uniform(shape: tuple[int, ...], bound: float, seed: int) -> torch.Tensor:
+    """A float64 tensor of ``shape``, uniform in [−bound, bound], from ``seed`` (reproducible)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
+
+
 def values(shape: tuple[int, ...], *, bound: float = 1.0) -> st.SearchStrategy[torch.Tensor]:
     """float64 tensors of ``shape`` with entries in [−bound, bound].
 
-    Half the draws are dense uniform noise from a drawn seed (typical inputs), half are hypothesis
-    arrays (a few distinct values, among them 0 and ±bound, which shrink to a minimal failing case).
+    Half the draws are dense ``uniform(shape, bound, seed)`` tensors (typical inputs; a failing one
+    prints as that call), half are hypothesis arrays (a few distinct values, among them 0 and ±bound,
+    which shrink to a minimal failing case).
     """
     if not bound >= 0:
         raise ValueError(f"bound must be ≥ 0, got {bound}")
-
-    def dense(seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
-
+    dense = st.builds(uniform, st.just(tuple(shape)), st.just(float(bound)), st.integers(0, 2**32 - 1))
     edges = st.sampled_from([0.0, bound, -bound])
     elements = st.one_of(edges, st.floats(-bound, bound, allow_nan=False, allow_infinity=False))
     sparse = hnp.arrays(np.float64, shape, elements=elements).map(torch.from_numpy)
-    return st.one_of(st.integers(0, 2**32 - 1).map(dense), sparse)
+    return st.one_of(dense, sparse)
 
 
 def logits(config: Any = None, *, rows: int | st.SearchStrategy[int] | None = None,
