@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..functional import cross_entropy
 from ..tensor.enctensor import EncTensor
 from .module import Module
 
@@ -27,8 +28,6 @@ class CrossEntropyLoss(Module):
         self.softmax_config, self.reduction = softmax_config, reduction
 
     def forward(self, logits: EncTensor, target: EncTensor) -> Any:
-        from ..functional import cross_entropy
-
         return cross_entropy(logits, target, config=self.softmax_config, reduction=self.reduction)
 
     def extra_repr(self) -> str:
