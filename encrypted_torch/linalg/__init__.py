@@ -8,6 +8,8 @@ tensor ops in encrypted_torch.tensor.matmul.
 >>> grad_w = g.T @ x            # DiagATB: horizontal × grid → vertical     # doctest: +SKIP
 """
 
+from typing import Any
+
 from . import counts
 from .diag_abt import diag_abt, diag_abt_plain
 from .diag_atb import choose_variant, diag_atb, diag_atb_plain
@@ -18,3 +20,14 @@ __all__ = [
     "diag_abt_steps", "diag_atb", "diag_atb_plain", "diag_atb_steps", "hetal_rotation_steps",
     "softmax_steps",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # MatMulABT, MatMulATB, Transposed and matmul moved to encrypted_torch.tensor.matmul; they are
+    # resolved on first use because tensor/matmul.py imports this package's kernels (while it loads,
+    # this package is only partly initialized).
+    if name in ("MatMulABT", "MatMulATB", "Transposed", "matmul"):
+        from ..tensor import matmul as products
+
+        return getattr(products, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
