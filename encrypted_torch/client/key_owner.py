@@ -24,7 +24,7 @@ from ..errors import DomainError, ShapeError
 from ..functional.domain import StageBounds, stage_bounds
 from ..tensor.enctensor import EncTensor, encrypt
 from ..training.early_stopping import EarlyStopping
-from ..training.protocol import EpochVerdict
+from ..training.key_owner_link import EpochVerdict
 from ..training.refresh_plan import RefreshPlan
 from .encrypt_data import encrypt_batches
 from .policy import KeyOwnerPolicy

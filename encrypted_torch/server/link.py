@@ -22,7 +22,7 @@ from ..protocol.messages import (
     RefreshRequest,
 )
 from ..tensor.enctensor import EncTensor
-from ..training.protocol import EpochVerdict
+from ..training.key_owner_link import EpochVerdict
 
 R = TypeVar("R", bound=Message)
 

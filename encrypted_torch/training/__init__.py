@@ -1,7 +1,7 @@
 """Training loop with encrypted early stopping (server side)."""
 
 from .early_stopping import EarlyStopping
-from .protocol import EpochVerdict, KeyOwnerLink
+from .key_owner_link import EpochVerdict, KeyOwnerLink
 from .trainer import FitResult, StepRecord, Trainer, fit
 from .unit_choice import choose_unit
 

@@ -24,7 +24,7 @@ from ..ckks.public import PublicContext
 from ..data.dataset import EncBatch
 from ..tensor.enctensor import EncTensor, encrypt
 from ..tensor.layout import BlockLayout
-from .protocol import EpochVerdict
+from .key_owner_link import EpochVerdict
 from .trainer import Trainer
 
 Build = Callable[[PublicContext], tuple[Any, Any, Any]]

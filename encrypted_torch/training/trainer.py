@@ -26,7 +26,7 @@ from ..optim.optimizer import EncOptimizer
 from ..profiling import section, timing
 from ..refresh import refresh_stage, refresh_with
 from ..tensor.enctensor import EncTensor
-from .protocol import KeyOwnerLink
+from .key_owner_link import KeyOwnerLink
 
 
 @dataclass
