@@ -75,10 +75,5 @@ def run_in_process(prep: PreparedRun, key_owner: KeyOwner | None = None) -> tupl
 
 
 def decrypt_linear(state: dict[str, EncTensor], secret: SecretContext, in_features: int) -> torch.nn.Linear:
-    """A plaintext float64 torch.nn.Linear from the encrypted [W | b] (client side)."""
-    packed = secret.decrypt(state["weight_bias"])
-    out = torch.nn.Linear(in_features, packed.shape[0]).double()
-    with torch.no_grad():
-        out.weight.copy_(packed[:, :in_features])
-        out.bias.copy_(packed[:, in_features])
-    return out
+    """A plaintext float64 torch.nn.Linear from the encrypted [W | b] (client side): ``Linear.to_torch``."""
+    return Linear.from_state_dict(state, in_features).to_torch(secret)

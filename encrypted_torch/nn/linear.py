@@ -90,6 +90,18 @@ class Linear(Module):
         self.plain_weight = self.plain_bias = None  # the server must not keep them
         return self
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, EncTensor], in_features: int, bias: bool = True) -> Linear:
+        """The encrypted Linear whose ``state_dict()`` is ``state`` (e.g. a model fetched from the server),
+        so that ``Linear.from_state_dict(state, d).to_torch(owner)`` decrypts it like any other."""
+        packed = state.get("weight_bias")
+        if not isinstance(packed, EncTensor):
+            raise EncryptionRequiredError("from_state_dict takes an encrypted state_dict ({'weight_bias': EncTensor})")
+        model = cls(in_features, packed.shape[0], bias=bias, init="zeros")
+        model.weight_bias = Parameter(packed)
+        model.plain_weight = model.plain_bias = None
+        return model
+
     @property
     def weight(self) -> ParameterView:
         return ParameterView(self, "weight")
