@@ -76,7 +76,6 @@ class Comparison:
         y = unit_grid()
         return float(np.max(np.abs(y) * np.abs(self.comp(y) - (y > 0))) * 1.01 + 1e-12)
 
-    # --- numpy (the reference model) -------------------------------------------------------------
     def sign(self, y: np.ndarray) -> np.ndarray:
         """f^∘df(g^∘dg(y)) ≈ sign(y)."""
         for p in self.polynomials:
@@ -91,7 +90,6 @@ class Comparison:
         d = a - b
         return (a + b) / 2 + d * self.sign(d) / 2
 
-    # --- ciphertexts -----------------------------------------------------------------------------
     def cipher_polynomials(self, in_scale: float = 1.0, out_factor: float = 1.0) -> list[Polynomial]:
         """The chain with an input scale folded into the first and a factor into the last."""
         polys = list(self.polynomials)

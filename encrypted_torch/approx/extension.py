@@ -82,7 +82,6 @@ class DomainExtension:
                                     f"d + (κ/r²)d³ − (κ/r⁴)d⁵ with κ = {k:.5f}, in units of r", self.source))
         return polys
 
-    # --- numpy (the reference model) -------------------------------------------------------------
     def __call__(self, y: np.ndarray) -> np.ndarray:
         """w = B(d)/r for y = d/(2·Rmax)."""
         w = np.asarray(y, dtype=np.float64)
@@ -111,7 +110,6 @@ class DomainExtension:
         """
         return fit_exp_after_extension(self.steps, self.base_radius, self.ratio, self.precise)
 
-    # --- ciphertexts -----------------------------------------------------------------------------
     def evaluate(self, ev: Evaluator, ys: Sequence[Cipher], ensure: EnsureFn) -> list[Cipher]:
         """w for each cipher of ``ys`` (which must hold y = d/(2·Rmax)); 2 levels per step."""
         if not self.polynomials and self.radius * 2 != self.base_radius:

@@ -60,7 +60,6 @@ class GoldschmidtInverse:
             y = y * (1 + t)
         return y / self.radius
 
-    # --- ciphertexts -----------------------------------------------------------------------------
     def evaluate(self, ev: Evaluator, zs: Sequence[Cipher], ensure: EnsureFn,
                  numerators: Sequence[Cipher] | None = None) -> list[Cipher]:
         """numerator/z (1/z without numerators) for each cipher of ``zs``, in n + 2 levels."""

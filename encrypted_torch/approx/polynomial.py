@@ -61,7 +61,6 @@ class Polynomial:
             acc = acc * x + c
         return acc
 
-    # --- transformations (used to fold constants; each keeps the contract consistent) -----------
     def of_scaled(self, k: float) -> Polynomial:
         """q(x) = p(k·x): an input scale folded into the coefficients; domain divided by k."""
         lo, hi = sorted((self.domain[0] / k, self.domain[1] / k))
@@ -74,7 +73,6 @@ class Polynomial:
         return replace(self, name=f"{a:g}·{self.name}", coefficients=coeffs,
                        max_error=abs(a) * self.max_error, error_of=f"{abs(a):g}·{self.error_of}")
 
-    # --- ciphertexts -----------------------------------------------------------------------------
     def evaluate(self, ev: Evaluator, x: Cipher, *, factor: Coefficient = 1.0,
                  out_scale: float | None = None) -> Cipher:
         """factor·p(x) on a ciphertext in ``depth`` levels, landing exactly on ``out_scale``.

@@ -84,7 +84,6 @@ class SoftmaxConfig:
             raise ValueError("inverse_radius=None (automatic) only without the max")
         Comparison(self.compare_f, self.compare_g)
 
-    # --- presets -----------------------------------------------------------------------------------
     @classmethod
     def hetal(cls) -> SoftmaxConfig:
         """Exactly HETAL's benchmark: Rmax = 128, df/dg = 1/2, R = 100, n = 16, HETAL's p8."""
@@ -118,7 +117,6 @@ class SoftmaxConfig:
             raise ValueError(f"unknown softmax preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
 
-    # --- the approximations ---------------------------------------------------------------------------
     @property
     def extension_steps(self) -> int:
         return round(math.log2(self.domain_radius / (BASE_RADIUS / 2)))
@@ -151,7 +149,6 @@ class SoftmaxConfig:
         lower = classes * math.exp(-r) * (1 - self.exp.max_error)
         return GoldschmidtInverse(radius, self.inverse_iterations, lower)
 
-    # --- error ------------------------------------------------------------------------------------------
     def max_shortfall(self, classes: int) -> float:
         """Bound on true max − approximate max, in logits: rounds·δ·2·Rmax (each round's max≈ is
         within δ of the exact max of its inputs, which are themselves within (r−1)·δ)."""
@@ -176,7 +173,6 @@ class SoftmaxConfig:
             return None
         return (eps * (classes + 3) + inv * (1 + eps)) / (1 - eps * (classes + 1))
 
-    # --- depth ------------------------------------------------------------------------------------------
     def rounds(self, classes: int) -> int:
         return int(math.log2(next_pow2(classes))) if self.subtract_max else 0
 
@@ -197,7 +193,6 @@ class SoftmaxConfig:
         hold x/(2·Rmax) (HETAL folds it into DiagABT's masks), which saves the first level."""
         return sum(self.levels(classes, prescaled).values())
 
-    # --- numpy reference model --------------------------------------------------------------------------
     def reference(self, logits: np.ndarray) -> np.ndarray:
         """The approximate softmax of each row of ``logits`` (rows × c), in float64."""
         x = np.asarray(logits, dtype=np.float64)

@@ -77,7 +77,6 @@ class KeyOwner:
     def public_context(self) -> Any:
         return self.secret.public()
 
-    # --- a SecretContext's face -----------------------------------------------------------------------
     def public(self) -> Any:
         return self.secret.public()
 
@@ -104,7 +103,6 @@ class KeyOwner:
     def decrypt_vector(self, c: Cipher) -> np.ndarray:
         return self.secret.decrypt_vector(c)
 
-    # --- data ---------------------------------------------------------------------------------------
     def encrypt_dataset(self, features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                         batch_size: int, name: str = "train", keep_labels: bool = False,
                         shuffle: bool = True, seed: int = 0, unit: tuple[int, int] | None = None) -> EncDataset:
@@ -120,7 +118,6 @@ class KeyOwner:
         self.num_classes = num_classes
         return ds
 
-    # --- the server's requests ---------------------------------------------------------------------------
     def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
         """Fresh encryptions of ``ciphers`` if the job plans them, after the domain guard has seen
         the decrypted values (DomainError ends the job: the model would be silently wrong)."""
@@ -194,7 +191,6 @@ class KeyOwner:
     def best_epoch(self) -> int:
         return self.early_stopping.best_epoch
 
-    # --- resume -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """A copy of everything the key owner has learnt: early stopping, history, the best epoch's
         plaintext weights and their layouts, and the kept validation labels (plaintext: client only)."""

@@ -36,7 +36,6 @@ class KeyOwnerPolicy:
         self.allowance: Counter = Counter()
         self.ended: str | None = None
 
-    # --- the job's end ------------------------------------------------------------------------------
     def end(self, err: EncTorchError) -> EncTorchError:
         """Record that the job ended with ``err`` (returned, to be raised)."""
         if self.ended is None:
@@ -51,7 +50,6 @@ class KeyOwnerPolicy:
     def refuse(self, what: str) -> JobPolicyError:
         return self.end(JobPolicyError(f"refused: {what}; the key owner ends the job"))  # type: ignore[return-value]
 
-    # --- refreshes ---------------------------------------------------------------------------------------
     def check_refresh(self, stage: str, levels: Sequence[int]) -> None:
         """Count a refresh request against the plan; JobPolicyError (and the job ends) beyond it."""
         self.check_open()
@@ -80,7 +78,6 @@ class KeyOwnerPolicy:
             for key, n in self.plan.validation.items():
                 self.allowance[key] += n
 
-    # --- epoch verdicts ------------------------------------------------------------------------------------
     @property
     def stopped(self) -> bool:
         return any(self.verdicts.values())
@@ -116,7 +113,6 @@ class KeyOwnerPolicy:
         self.used.clear()
         self.allowance.clear()
 
-    # --- resume -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"verdicts": {str(e): s for e, s in self.verdicts.items()},
                 "used": [[k[0], k[1], n] for k, n in self.used.items()],

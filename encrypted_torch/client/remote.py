@@ -110,7 +110,6 @@ class RemoteSession:
     def ctx(self) -> Any:
         return self.key_owner.public_context
 
-    # --- connection -------------------------------------------------------------------------------------
     def connect(self) -> dict[str, Any]:
         """Open (or resume) the session; returns what the server already holds."""
         stack = contextlib.ExitStack()  # connect() is a context manager in every websockets version we accept
@@ -179,7 +178,6 @@ class RemoteSession:
             raise ConnectionLostError("not connected; call connect()")
         return self._channel
 
-    # --- uploads ----------------------------------------------------------------------------------------------
     def upload(self, train: EncDataset | str | Path, val: EncDataset | str | Path) -> None:
         """Send the public context and both datasets (skipping what the server already holds)."""
         with tempfile.TemporaryDirectory(prefix="et-upload-") as tmp:
@@ -217,7 +215,6 @@ class RemoteSession:
         self.channel.send(FileEnd(target))
         self.channel.expect(Ack, self.timeout)
 
-    # --- training -----------------------------------------------------------------------------------------------
     def train(self, job: dict[str, Any], init_model: dict[str, EncTensor], *,
               builders: dict[str, Any] | None = None) -> dict[str, Any]:
         """Start (or resume) training and answer the server until it is done; returns its summary.
@@ -297,7 +294,6 @@ class RemoteSession:
 
         return self._with_reconnect(run)
 
-    # --- the client's own state (so a restarted client process can resume too) --------------------------------
     def _save_state(self) -> None:
         if self.state_path is None:
             return

@@ -107,7 +107,7 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     t0 = time.perf_counter()
     splits = splits if splits is not None else load_features(cfg)
 
-    # --- client: keys and encrypted data -----------------------------------------------------------
+    # Client: keys and encrypted data.
     data = encrypt_splits(cfg, splits, backend=cfg.backend)
     (xtr, ytr), (xva, yva), (xte, yte) = data.train_plain, data.val_plain, data.test_plain
     client, train, val, c, d = data.owner, data.train, data.val, data.classes, data.features
@@ -117,7 +117,7 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     init_packed = model.packed_plain().clone()
     setup = time.perf_counter() - t0
 
-    # --- server: holds secret.public() only (through the encrypted tensors) --------------------------------
+    # Server: holds secret.public() only (through the encrypted tensors).
     model.encrypt(client.public_context, unit=train.unit)
     opt = optim.from_name(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     loader = _Limited(DataLoader(train, shuffle=True, seed=cfg.seed), cfg.max_steps)
@@ -130,7 +130,7 @@ def run(cfg: HetalConfig, progress: bool = True, splits: Any = None) -> RunRepor
     trainer = Trainer(model, opt, client, CrossEntropyLoss(softmax), progress=progress)
     enc = trainer.fit(loader, val, cfg.epochs)
 
-    # --- client: decrypt the best model, evaluate locally ---------------------------------------------------
+    # Client: decrypt the best model, evaluate locally.
     enc_model = model.to_torch(secret).double()
     enc_acc = accuracy(enc_model, xte, yte)
     order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(cfg.seed))

@@ -58,7 +58,6 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    # --- parameters -------------------------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         for name, p in self._parameters.items():
             yield prefix + name, p
@@ -86,7 +85,6 @@ class Module:
     def is_encrypted(self) -> bool:
         return all(isinstance(p, Parameter) for p in self._parameters.values()) and bool(self._parameters)
 
-    # --- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, EncTensor]:
         """Encrypted parameters by name: ``torch.save`` it, or ``encrypted_torch.save`` (atomic)."""
         return OrderedDict((name, p.detach()) for name, p in self.named_parameters())

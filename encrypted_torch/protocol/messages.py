@@ -152,7 +152,6 @@ def _request_id(msg: Message) -> None:
     _check(0 <= msg.request_id < 2**53, msg, "request_id out of range")
 
 
-# --- handshake ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServerHello(Message):
     """S→C, first, unauthenticated: protocol version, a fresh nonce, the server's limits."""
@@ -224,7 +223,6 @@ class Bye(Message):
     TYPE: ClassVar[str] = "bye"
 
 
-# --- uploads -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FileBegin(Message):
     """C→S: a file follows in FileChunks (``target``: ``public_context`` or ``dataset/<name>/<file>``)."""
@@ -292,7 +290,6 @@ class ResumeTraining(Message):
     TYPE: ClassVar[str] = "resume_training"
 
 
-# --- the server's requests during training ------------------------------------------------------------------
 @dataclass(frozen=True)
 class RefreshRequest(Message):
     """S→C: ciphertexts out of levels (``protocol.ciphers`` bytes) and the op asking; answer RefreshReply."""

@@ -172,7 +172,6 @@ class TrainingServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    # --- accepting ----------------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
         """websockets' serve_forever, supervised: resource errors and surprises are logged, never fatal."""
         srv = self._server
@@ -256,7 +255,6 @@ class TrainingServer:
         with self._conn_lock:
             self._preauth.pop(getattr(self._local, "cid", -1), None)
 
-    # --- one connection ------------------------------------------------------------------------------------
     def _handle(self, ws: ServerConnection) -> None:
         peer = ws.remote_address
         channel: Channel | None = None

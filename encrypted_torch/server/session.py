@@ -166,7 +166,6 @@ class Session:
                          "job": (self.dir / "job.json").exists()},
                 "checkpoint": self.record["checkpoint"], "summary": self.record["summary"]}
 
-    # --- connections ----------------------------------------------------------------------------------
     def attach(self, channel: Channel) -> int:
         """Make ``channel`` the session's connection; an older one is closed and its run stops."""
         with self._gen_lock:
@@ -237,7 +236,6 @@ class Session:
                 raise ProtocolError(f"a client may not send {msg.TYPE} here")
             handler(channel, msg, generation)
 
-    # --- uploads --------------------------------------------------------------------------------------------
     def _check_quota(self, adding: int) -> None:
         """SessionError if storing ``adding`` more bytes would pass the session's or the server's disk quota."""
         self.disk_bytes = dir_bytes(self.dir)
@@ -325,7 +323,6 @@ class Session:
         self._verified.add(msg.name)  # every file's sha256 was checked as it arrived
         channel.send(Ack(f"dataset/{msg.name}", {"batches": len(ds), "samples": ds.num_samples}))
 
-    # --- training -------------------------------------------------------------------------------------------
     def _start_training(self, channel: Channel, msg: StartTraining, generation: int) -> None:
         if self.record["stage"] != "upload":
             raise SessionError("training already started in this session; send resume_training")

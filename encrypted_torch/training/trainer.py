@@ -217,7 +217,6 @@ class Trainer:
                                         if k.startswith("model.")})
         return result
 
-    # --- resume points ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue ``fit`` from here: encrypted weights and optimizer state,
         epoch and step, the loader's RNG state at the epoch's start, and the records so far."""
