@@ -23,8 +23,7 @@ from typing import IO, Any
 
 import torch
 
-from .ckks.public import _rebuild_public
-from .ckks.registry import load_context
+from .ckks.public import _rebuild_public, load_context
 from .tensor.enctensor import _rebuild_enc_tensor
 
 SAFE_GLOBALS = [_rebuild_enc_tensor, _rebuild_public]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import KeyRoleError, SerializationError
@@ -198,3 +199,19 @@ def _looks_secret(data: Any) -> bool:
         return True
     except SerializationError:
         return False
+
+
+@contextlib.contextmanager
+def load_context(ctx: Any) -> Iterator[PublicContext]:
+    """Resolve unpickled EncTensors against ``ctx`` (a PublicContext, or a SecretContext/KeyOwner's
+    ``public()``) inside the block (``ckks/registry.py``).
+
+    >>> with load_context(PublicContext.from_bytes(public_bytes)):   # doctest: +SKIP
+    ...     state = torch.load("model.pt")
+    """
+    public = ctx if isinstance(ctx, PublicContext) else getattr(ctx, "public", None)
+    if public is None:
+        raise TypeError(f"load_context takes a PublicContext or SecretContext, got {type(ctx).__name__}")
+    public = public if isinstance(public, PublicContext) else public()
+    with registry.pin(public):
+        yield public

@@ -7,11 +7,8 @@ hundreds of MB, and the same for every tensor). Unpickling looks the fingerprint
 * every ``PublicContext`` registers itself when it is built (``SecretContext.public()``,
   ``PublicContext.from_bytes``, unpickling a context), weakly: the registry never keeps a context
   alive, so a context the program dropped cannot be found;
-* ``with load_context(ctx):`` pins ``ctx`` (a PublicContext or the key owner's SecretContext) for
-  the block and looks it up first: the explicit form, for a context that exists only for the load.
-
->>> with load_context(PublicContext.from_bytes(public_bytes)):   # doctest: +SKIP
-...     state = torch.load("model.pt")
+* ``with pin(public_ctx):`` makes a context the first one looked up for the block: the explicit
+  form (``ckks.public.load_context``), for a context that exists only for the load.
 """
 
 from __future__ import annotations
@@ -57,14 +54,8 @@ def lookup(fingerprint: str) -> Any:
 
 
 @contextlib.contextmanager
-def load_context(ctx: Any) -> Iterator[Any]:
-    """Resolve unpickled EncTensors against ``ctx`` (a PublicContext, or a SecretContext's public())."""
-    from .public import PublicContext
-
-    public = ctx if isinstance(ctx, PublicContext) else getattr(ctx, "public", None)
-    if public is None:
-        raise TypeError(f"load_context takes a PublicContext or SecretContext, got {type(ctx).__name__}")
-    public = public if isinstance(public, PublicContext) else public()
+def pin(public: Any) -> Iterator[Any]:
+    """Look ``public`` (a PublicContext) up first inside the block."""
     token = _pinned.set((*_pinned.get(), public))
     try:
         yield public
