@@ -1,6 +1,6 @@
 """encrypted_torch: PyTorch-style training on CKKS-encrypted data (HETAL on SEAL)."""
 
-from .autograd import Function, no_grad
+from .autograd import Function, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .ckks import PRESETS, CKKSParams, OpCounts, PublicContext, count_ops
 from .errors import (
     ContextMismatchError,
@@ -35,6 +35,6 @@ __all__ = [
     "DomainError", "EncTensor", "EncTorchError", "EncryptionRequiredError", "Function", "GraphFreedError",
     "KeyRoleError",
     "MissingRotationKeyError", "OpCounts", "PublicContext", "Refresher", "SecretContext", "SerializationError",
-    "ShapeError", "count_ops", "current_refresher", "encrypt", "load", "load_context", "no_grad", "refresh_with",
-    "save", "unit_shape",
+    "ShapeError", "count_ops", "current_refresher", "enable_grad", "encrypt", "is_grad_enabled", "load",
+    "load_context", "no_grad", "refresh_with", "save", "set_grad_enabled", "unit_shape",
 ]

@@ -45,13 +45,12 @@ def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[C
     if len(sections) != len(info) + 1:
         raise ProtocolError("cipher list section count does not match its metadata")
     out = []
-    level_of = getattr(ctx.backend, "level_of", None)  # SEAL knows a ciphertext's level; plain slots do not
     for i, item in enumerate(info):
         level, scale, size = serialize.cipher_meta(item, f"ciphertext {i}", ctx.top_level, ProtocolError)
         (raw,) = serialize.require(sections, f"c{i}")
         handle = ctx.backend.handle_from_bytes(raw)
-        if level_of is not None:
-            found = (level_of(handle), ctx.backend.scale_of(handle), ctx.backend.size_of(handle))
+        if ctx.backend.tracks_levels:  # SEAL knows a ciphertext's level; plain slots do not
+            found = (ctx.backend.level_of(handle), ctx.backend.scale_of(handle), ctx.backend.size_of(handle))
             if found != (level, scale, size):
                 raise ProtocolError(f"ciphertext {i}: level/scale/size {found}, recorded as {level, scale, size}")
         out.append(Cipher(handle, level, scale, ctx.fingerprint, size))
