@@ -55,8 +55,6 @@ class SecretContext:
         else:
             raise ValueError(f"unknown backend {backend!r}; choose 'seal' or 'plain'")
         return cls(params, backend, owner, parts, steps)
-
-    # --- roles ---------------------------------------------------------------------------------
     def public(self) -> PublicContext:
         """The server's context, rebuilt from bytes that carry no secret key."""
         if self._public is None:
@@ -82,8 +80,6 @@ class SecretContext:
     def __repr__(self) -> str:
         return (f"SecretContext(preset={self.params.name!r}, backend={self.backend_name!r}, "
                 f"slots={self.slots}, levels={self.params.levels})")
-
-    # --- decrypt / refresh -------------------------------------------------------------------------
     def decrypt_vector(self, c: Cipher) -> np.ndarray:
         """The complex slot values of one ciphertext."""
         if not isinstance(c, Cipher):
@@ -121,8 +117,6 @@ class SecretContext:
                 out.append(ev.adopt_fresh(symmetric(values, self.params.scale), ev.top_level, self.params.scale))
             counters.record("refreshes", level=c.level)
         return out
-
-    # --- pickling: never implicitly, since the bytes would hold the secret key --------------------
     def __reduce__(self) -> tuple[Any, ...]:
         raise KeyRoleError("pickling a SecretContext would write the secret key wherever the pickle "
                            "goes; save ctx.public() for the server, and, if you mean to keep the secret "
@@ -133,8 +127,6 @@ class SecretContext:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SecretContext:
         return self
-
-    # --- bytes ---------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         meta = {"backend": self.backend_name, "params": _params_meta(self.params), "steps": self._steps}
         return serialize.pack(KIND, {"meta": serialize.dumps_json(meta),

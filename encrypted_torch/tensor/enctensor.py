@@ -71,8 +71,6 @@ class EncTensor(TensorBase):
 
     def __len__(self) -> int:
         return self.shape[0]
-
-    # --- arithmetic --------------------------------------------------------------------------------
     def __add__(self, other: Any) -> EncTensor:
         return ops.Add.apply(self, other)
 
@@ -111,8 +109,6 @@ class EncTensor(TensorBase):
     def mean(self, dim: int | None = None) -> EncTensor:
         n = self.shape.numel() if dim is None else self.shape[dim if dim >= 0 else dim + 2]
         return self.sum(dim) * (1.0 / n)
-
-    # --- matrix products (encrypted_torch.linalg: DiagABT / DiagATB) ------------------------------
     @property
     def T(self) -> Transposed:  # noqa: N802 (torch's name)
         """Lazy transpose, an operand of ``@``: ``x @ w.T`` (DiagABT), ``g.T @ x`` (DiagATB)."""
@@ -121,8 +117,6 @@ class EncTensor(TensorBase):
     def __matmul__(self, other: Any) -> Any:
         """``x @ w.T`` (w encrypted, vertical) or ``x @ m`` (m a plaintext features × classes matrix)."""
         return matmul(self, other)
-
-    # --- autograd ----------------------------------------------------------------------------------
     def requires_grad_(self, flag: bool = True) -> EncTensor:
         self.requires_grad = flag
         return self
@@ -142,8 +136,6 @@ class EncTensor(TensorBase):
 
     def detach(self) -> EncTensor:
         return self._new(self._blocks)
-
-    # --- levels --------------------------------------------------------------------------------------
     def mod_switch_to(self, level: int) -> EncTensor:
         """Drop every block to ``level`` (cheaper ops afterwards; no noise added)."""
         ev = self.ctx.evaluator
@@ -157,15 +149,11 @@ class EncTensor(TensorBase):
         out = self._new([flat[i : i + n_b] for i in range(0, len(flat), n_b)])
         out.requires_grad = self.requires_grad
         return out
-
-    # --- decryption hook (called by SecretContext.decrypt) ----------------------------------------------
     def _decrypt_with(self, secret: Any) -> torch.Tensor:
         if secret.fingerprint != self.ctx.fingerprint:
             raise ContextMismatchError("this EncTensor was encrypted under another key")
         slots = np.stack([np.stack([secret.decrypt_vector(c).real for c in row]) for row in self._blocks])
         return torch.from_numpy(np.ascontiguousarray(self.layout.unpack(slots))).to(torch.float64)
-
-    # --- pickling and copies (torch.save, pickle, copy.deepcopy) ----------------------------------------
     # A pickle holds to_bytes() and the context's fingerprint, never the context: unpickling finds
     # the live PublicContext in ckks/registry.py. Like torch, it keeps requires_grad, not grad/grad_fn.
     _subclasses: dict[str, type[EncTensor]] = {}
@@ -200,8 +188,6 @@ class EncTensor(TensorBase):
         if self.grad is not None and self.is_leaf:
             out.grad = self.grad.__deepcopy__(memo)
         return out
-
-    # --- bytes -----------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         meta = {"shape": list(self.layout.shape), "unit": list(self.layout.unit),
                 "tiling": self.layout.tiling, "context": self.ctx.fingerprint,
