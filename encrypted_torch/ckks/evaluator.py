@@ -49,6 +49,7 @@ class Evaluator:
         self.slots: int = backend.slots
         self.primes: list[int] = backend.primes
         self.top_level: int = self.params.levels
+
     def _wrap(self, handle: Any, level: int, scale: float, op: str, size: int = 2) -> Cipher:
         self.backend.check_range(handle, level, scale, op)
         return Cipher(handle, level, scale, self.context_id, size)
@@ -81,6 +82,7 @@ class Evaluator:
     def _require(self, c: Cipher, levels: int, op: str) -> None:
         if c.level < levels:
             raise DepthError(op, levels, c.level)
+
     def encrypt(self, values: Any, level: int | None = None, scale: float | None = None) -> Cipher:
         """Encrypt a slot vector with the public key, at the top level by default."""
         level = self.top_level if level is None else level
@@ -99,6 +101,7 @@ class Evaluator:
     def zeros_like(self, c: Cipher) -> Cipher:
         """A fresh encryption of zeros at ``c``'s level and scale (SEAL forbids transparent results)."""
         return self.encrypt(np.zeros(self.slots), c.level, c.scale)
+
     def mod_switch(self, c: Cipher, level: int) -> Cipher:
         """Drop primes down to ``level`` without touching the scale (no noise, no rescale)."""
         self._own(c)
@@ -146,6 +149,7 @@ class Evaluator:
     @staticmethod
     def _close(x: float, y: float) -> bool:
         return abs(x / y - 1) < _SAME_SCALE
+
     def add(self, a: Cipher, b: Cipher) -> Cipher:
         a, b = self.align(a, b)
         counters.record("additions", level=a.level)
@@ -171,6 +175,7 @@ class Evaluator:
         counters.record("additions", level=a.level)
         return self._wrap(self.backend.add_plain(a.handle, vec, a.level, a.scale), a.level, a.scale,
                           "add_plain", a.size)
+
     def mul_plain(self, a: Cipher, values: Any, out_scale: float | None = None) -> Cipher:
         """ct × plaintext vector (or scalar), rescaled; lands exactly on ``out_scale`` (Δ default).
 
@@ -241,6 +246,7 @@ class Evaluator:
 
     def square(self, a: Cipher) -> Cipher:
         return self.finish(self.mul_raw(a, a))
+
     def rotate(self, a: Cipher, step: int) -> Cipher:
         """Rotate slots left by ``step`` (right if negative), like ``np.roll(x, -step)``."""
         self._own(a)

@@ -59,6 +59,7 @@ class PublicContext:
         return (f"PublicContext(preset={self.params.name!r}, backend={self.backend_name!r}, "
                 f"slots={self.slots}, levels={self.top_level}, "
                 f"rotation_keys={len(self.rotation_steps)}, key={self.fingerprint[:8]})")
+
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         data = self.to_bytes()  # protocol 2 (torch.save's): a uint8 tensor, as EncTensor's payload
         if isinstance(protocol, int) and protocol < 3:
@@ -72,6 +73,7 @@ class PublicContext:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> PublicContext:
         return self
+
     def to_bytes(self) -> bytes:
         return pack_public(self.params, self.backend_name, self.rotation_steps, self.fingerprint,
                            self._raw_parts)

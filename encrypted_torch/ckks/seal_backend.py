@@ -145,6 +145,7 @@ class SealBackend(Backend):
             ids[data.chain_index()] = data.parms_id()
             data = data.next_context_data()
         return ids
+
     def encode(self, values: np.ndarray, level: int, scale: float) -> Any:
         """Encode at a level and scale, cached by (values, level, scale): masks repeat a lot."""
         values = np.asarray(values)
@@ -171,6 +172,7 @@ class SealBackend(Backend):
         self.encoder.encode(data, self._parms_ids[level], scale, pt)
         self.encryptor.encrypt(pt, ct)
         return ct
+
     def _new(self) -> Any:
         return seal.Ciphertext(self.context)
 
@@ -245,6 +247,7 @@ class SealBackend(Backend):
 
     def set_scale(self, a: Any, scale: float) -> None:
         a.scale = scale
+
     def level_of(self, a: Any) -> int:
         return self.context.get_context_data(a.parms_id()).chain_index()
 

@@ -55,6 +55,7 @@ class SecretContext:
         else:
             raise ValueError(f"unknown backend {backend!r}; choose 'seal' or 'plain'")
         return cls(params, backend, owner, parts, steps)
+
     def public(self) -> PublicContext:
         """The server's context, rebuilt from bytes that carry no secret key."""
         if self._public is None:
@@ -80,6 +81,7 @@ class SecretContext:
     def __repr__(self) -> str:
         return (f"SecretContext(preset={self.params.name!r}, backend={self.backend_name!r}, "
                 f"slots={self.slots}, levels={self.params.levels})")
+
     def decrypt_vector(self, c: Cipher) -> np.ndarray:
         """The complex slot values of one ciphertext."""
         if not isinstance(c, Cipher):
@@ -117,6 +119,7 @@ class SecretContext:
                 out.append(ev.adopt_fresh(symmetric(values, self.params.scale), ev.top_level, self.params.scale))
             counters.record("refreshes", level=c.level)
         return out
+
     def __reduce__(self) -> tuple[Any, ...]:
         raise KeyRoleError("pickling a SecretContext would write the secret key wherever the pickle "
                            "goes; save ctx.public() for the server, and, if you mean to keep the secret "
@@ -127,6 +130,7 @@ class SecretContext:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SecretContext:
         return self
+
     def to_bytes(self) -> bytes:
         meta = {"backend": self.backend_name, "params": _params_meta(self.params), "steps": self._steps}
         return serialize.pack(KIND, {"meta": serialize.dumps_json(meta),

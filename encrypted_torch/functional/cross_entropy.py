@@ -68,6 +68,7 @@ class CrossEntropyOutput:
         if self.grad_fn is None:
             raise RuntimeError("the logits do not require grad, so there is nothing to backpropagate to")
         autograd.backward(self, float(gradient), retain_graph=bool(retain_graph))
+
     def probabilities(self, secret_ctx: Any) -> torch.Tensor:
         """P (batch × classes), decrypted by the key owner."""
         return secret_ctx.decrypt(self.probs) / self.probs_scale

@@ -45,6 +45,8 @@ class Sizes:
 def sizes(a: int, b: int, c: int, unit: tuple[int, int]) -> Sizes:
     s0, s1 = unit
     return Sizes(math.ceil(a / s0), math.ceil(b / s1), s0.bit_length() - 1, s1.bit_length() - 1, next_pow2(c))
+
+
 def paper_diag_abt(a: int, b: int, c: int, unit: tuple[int, int]) -> Counts:
     z = sizes(a, b, c, unit)
     return Counts(z.c_pad * z.n_a, z.h * z.n_a * z.n_b, z.h * (z.n_b + 2 * z.n_a * z.log_s1))
@@ -77,6 +79,8 @@ def paper_jin_abt(a: int, b: int, c: int, slots: int) -> Counts:
 
 def paper_jin_atb(a: int, b: int, c: int, slots: int) -> Counts:
     return Counts(0, b * c, b * c * (slots.bit_length() - 1))
+
+
 def diag_abt(a: int, b: int, c: int, unit: tuple[int, int], imag: str = "const") -> Counts:
     """``imag="const"`` (option a): the paper's counts + n_b CMults (×i on B) + n_a conjugations.
     ``imag="real"`` (option c, and any c_pad = 1): all c_pad diagonals unpacked, no conjugation."""

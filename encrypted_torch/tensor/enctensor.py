@@ -71,6 +71,7 @@ class EncTensor(TensorBase):
 
     def __len__(self) -> int:
         return self.shape[0]
+
     def __add__(self, other: Any) -> EncTensor:
         return ops.Add.apply(self, other)
 
@@ -109,6 +110,7 @@ class EncTensor(TensorBase):
     def mean(self, dim: int | None = None) -> EncTensor:
         n = self.shape.numel() if dim is None else self.shape[dim if dim >= 0 else dim + 2]
         return self.sum(dim) * (1.0 / n)
+
     @property
     def T(self) -> Transposed:  # noqa: N802 (torch's name)
         """Lazy transpose, an operand of ``@``: ``x @ w.T`` (DiagABT), ``g.T @ x`` (DiagATB)."""
@@ -117,6 +119,7 @@ class EncTensor(TensorBase):
     def __matmul__(self, other: Any) -> Any:
         """``x @ w.T`` (w encrypted, vertical) or ``x @ m`` (m a plaintext features × classes matrix)."""
         return matmul(self, other)
+
     def requires_grad_(self, flag: bool = True) -> EncTensor:
         self.requires_grad = flag
         return self
@@ -136,6 +139,7 @@ class EncTensor(TensorBase):
 
     def detach(self) -> EncTensor:
         return self._new(self._blocks)
+
     def mod_switch_to(self, level: int) -> EncTensor:
         """Drop every block to ``level`` (cheaper ops afterwards; no noise added)."""
         ev = self.ctx.evaluator
@@ -149,11 +153,13 @@ class EncTensor(TensorBase):
         out = self._new([flat[i : i + n_b] for i in range(0, len(flat), n_b)])
         out.requires_grad = self.requires_grad
         return out
+
     def _decrypt_with(self, secret: Any) -> torch.Tensor:
         if secret.fingerprint != self.ctx.fingerprint:
             raise ContextMismatchError("this EncTensor was encrypted under another key")
         slots = np.stack([np.stack([secret.decrypt_vector(c).real for c in row]) for row in self._blocks])
         return torch.from_numpy(np.ascontiguousarray(self.layout.unpack(slots))).to(torch.float64)
+
     # A pickle holds to_bytes() and the context's fingerprint, never the context: unpickling finds
     # the live PublicContext in ckks/registry.py. Like torch, it keeps requires_grad, not grad/grad_fn.
     _subclasses: dict[str, type[EncTensor]] = {}
@@ -188,6 +194,7 @@ class EncTensor(TensorBase):
         if self.grad is not None and self.is_leaf:
             out.grad = self.grad.__deepcopy__(memo)
         return out
+
     def to_bytes(self) -> bytes:
         meta = {"shape": list(self.layout.shape), "unit": list(self.layout.unit),
                 "tiling": self.layout.tiling, "context": self.ctx.fingerprint,

@@ -89,6 +89,7 @@ class BlockLayout:
     def describe(self) -> str:
         n_a, n_b = self.grid
         return f"{self.tiling} {self.s0}×{self.s1} blocks, {n_a}×{n_b}"
+
     def _padded_shape(self) -> tuple[int, int]:
         n_a, n_b = self.grid
         if self.tiling == "vertical":
