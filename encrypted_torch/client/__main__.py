@@ -25,12 +25,12 @@ from ..ckks.secret import SecretContext
 from ..errors import EncTorchError
 from ..hetal.config import HetalConfig, add_config_arguments, config_from_args
 from ..hetal.plaintext import accuracy
+from ..hetal.prepare import decrypt_linear, prepare_hetal
 from ..storage.atomic import atomic_write_bytes, atomic_write_json
 from ..storage.checkpoint import encode_checkpoint, load_checkpoint
 from ..storage.dataset import write_dataset
 from ..storage.jsonio import loads_strict
 from ..training.early_stopping import EarlyStopping
-from .hetal_job import decrypt_linear, prepare_hetal
 from .key_owner import KeyOwner
 from .remote import RemoteSession, token_from_env_or_file
 

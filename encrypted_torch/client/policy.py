@@ -133,8 +133,8 @@ def plan_job(ctx: Any, job: dict[str, Any], init: dict[str, Any], train: Manifes
     client's own copy of the job and of its builder (``server.job.BUILDERS`` unless given)."""
     import torch
 
-    from ..training.job import BUILDERS, validate_job
     from ..tensor.enctensor import encrypt
+    from ..training.job import BUILDERS, validate_job
 
     builders = BUILDERS if builders is None else builders
     job = validate_job(job, builders)
