@@ -60,7 +60,7 @@ from ..protocol.messages import (
     StartTraining,
     TrainingDone,
 )
-from ..storage.atomic import atomic_write_bytes, sha256_file
+from ..storage.atomic import atomic_write_bytes, read_bounded, sha256_file
 from ..storage.dataset import Manifest, read_manifest, write_dataset
 from ..storage.errors import StorageError
 from ..tensor.enctensor import EncTensor
@@ -306,17 +306,9 @@ class RemoteSession:
     def _load_state(self) -> None:
         """Restore what ``_save_state`` wrote; anything malformed is a StorageError naming the file (the
         file may have been damaged or replaced, so it is read like bytes from a stranger)."""
-        path, max_bytes = self.state_path, 1 << 32
+        path = self.state_path
         assert path is not None
-        try:
-            with path.open("rb") as f:
-                size = f.seek(0, io.SEEK_END)
-                if size > max_bytes:
-                    raise StorageError(path, f"{size} bytes is larger than any client state ({max_bytes})")
-                f.seek(0)
-                raw = f.read(size + 1)
-        except OSError as err:
-            raise StorageError(path, f"cannot read the client's session state: {err.strerror or err}") from None
+        raw = read_bounded(path, 1 << 32, "client session state")
         try:
             sections = serialize.unpack(raw, "client_state")
             meta = serialize.loads_json(serialize.require(sections, "meta")[0], "client state")

@@ -43,10 +43,10 @@ from ..protocol.messages import (
     StartTraining,
     TrainingDone,
 )
-from ..storage.atomic import atomic_write_json, fsync_dir, tmp_path_for
+from ..storage.atomic import atomic_write_json, fsync_dir, read_bounded, tmp_path_for
 from ..storage.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
 from ..storage.dataset import MANIFEST, FileEntry, Manifest, StreamingLoader, open_dataset, read_manifest, verify_files
-from ..storage.errors import CheckpointError, ChecksumError, ManifestError, MissingFileError
+from ..storage.errors import CheckpointError, ChecksumError, ManifestError, MissingFileError, StorageError
 from ..storage.jsonio import loads_strict
 from ..training.trainer import Trainer
 from .job import Builder, validate_job
@@ -106,15 +106,11 @@ class Session:
         """A session from its directory (server restart with --resume); SessionError if session.json
         is missing, unreadable, oversized or malformed (it is read back from disk, so it is checked
         like bytes from a stranger)."""
-        path, max_bytes = directory / "session.json", 16 << 20
+        path = directory / "session.json"
         try:
-            with path.open("rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                raw = f.read(min(size, max_bytes) + 1)
-        except OSError as err:
-            raise SessionError(f"{path}: cannot read the session record: {err.strerror or err}") from None
-        if len(raw) > max_bytes:
-            raise SessionError(f"{path}: larger than any session record ({max_bytes} bytes)")
+            raw = read_bounded(path, 16 << 20, "session record")
+        except StorageError as err:
+            raise SessionError(str(err)) from None
         try:
             record = loads_strict(raw, "session record")
         except EncTorchError as err:

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader sees the old file or the new one, never a half-written one.
 
 Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target,
-then fsync the directory so the rename itself survives a power cut.
+then fsync the directory so the rename itself survives a power cut. ``read_bounded`` is the
+matching read of a file that may have been damaged or replaced: its size is bounded before reading.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from .errors import MissingFileError, StorageError
 
 _CHUNK = 1 << 20
 
@@ -66,3 +69,24 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def read_bounded(path: str | Path, max_bytes: int, what: str, error: type[StorageError] = StorageError,
+                 missing: str | None = None) -> bytes:
+    """The bytes of ``path``, refused before reading when over ``max_bytes`` and bounded while reading
+    (the file may grow); ``error`` (a StorageError subclass) names the file and what went wrong,
+    MissingFileError (with ``missing``) when there is no file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise error(path, f"{size} bytes is larger than any {what} ({max_bytes})")
+            data = f.read(size + 1)
+    except FileNotFoundError:
+        raise MissingFileError(path, missing or f"no {what}") from None
+    except OSError as err:
+        raise error(path, f"cannot read the {what}: {err.strerror or err}") from None
+    if len(data) != size:
+        raise error(path, f"the {what} changed while it was read")
+    return data

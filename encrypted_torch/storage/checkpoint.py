@@ -8,7 +8,6 @@ save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 from ..ckks import serialize
 from ..errors import ContextMismatchError, EncTorchError, SerializationError
 from ..tensor.enctensor import EncTensor
-from .atomic import atomic_write_bytes
-from .errors import CheckpointError, MissingFileError, WrongKeyError
+from .atomic import atomic_write_bytes, read_bounded
+from .errors import CheckpointError, WrongKeyError
 from .jsonio import loads_strict
 
 KIND = "checkpoint"
@@ -67,19 +66,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], fingerprint: str) -
 def load_checkpoint(path: str | Path, ctx: Any, max_bytes: int = MAX_CHECKPOINT_BYTES) -> dict[str, Any]:
     """Read a checkpoint under ``ctx``; MissingFileError, CheckpointError or WrongKeyError naming ``path``."""
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_bytes:
-                raise CheckpointError(path, f"{size} bytes is larger than any checkpoint ({max_bytes})")
-            data = f.read(size + 1)  # bounded even if the file grows after the fstat
-    except FileNotFoundError:
-        raise MissingFileError(path, "no checkpoint") from None
-    except OSError as err:
-        raise CheckpointError(path, f"cannot read the checkpoint: {err.strerror or err}") from None
-    if len(data) != size:
-        raise CheckpointError(path, "the file changed while it was read")
-    return decode_checkpoint(data, ctx, path)
+    return decode_checkpoint(read_bounded(path, max_bytes, "checkpoint", CheckpointError), ctx, path)
 
 
 def _flatten(obj: Any, sections: dict[str, bytes]) -> Any:

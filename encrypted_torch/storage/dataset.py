@@ -14,7 +14,6 @@ The server streams batches from disk (``DiskDataset``): only the batch in use is
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from ..data.dataset import EncBatch, EncDataset
 from ..errors import ContextMismatchError, SerializationError
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
-from .atomic import atomic_write_bytes, atomic_write_json, sha256_file
+from .atomic import atomic_write_bytes, atomic_write_json, read_bounded, sha256_file
 from .errors import ChecksumError, ManifestError, MissingFileError, StorageError, TruncatedFileError, WrongKeyError
 from .jsonio import loads_strict
 
@@ -203,19 +202,8 @@ def _file_entry(obj: Any, expected_name: str) -> FileEntry:
 def read_manifest(directory: str | Path) -> Manifest:
     """Parse and validate ``directory/manifest.json`` (not the files it lists)."""
     path = Path(directory) / MANIFEST
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_MANIFEST_BYTES:
-                raise ManifestError(path, f"{size} bytes is larger than any manifest ({MAX_MANIFEST_BYTES})")
-            raw = f.read(size + 1)  # bounded even if the file grows after the fstat
-    except FileNotFoundError:
-        raise MissingFileError(path, "no manifest: not an encrypted dataset directory, or its write "
-                                     "did not finish") from None
-    except OSError as err:
-        raise ManifestError(path, f"cannot read the manifest: {err.strerror or err}") from None
-    if len(raw) != size:
-        raise ManifestError(path, "the manifest changed while it was read")
+    raw = read_bounded(path, MAX_MANIFEST_BYTES, "manifest", ManifestError,
+                       missing="no manifest: not an encrypted dataset directory, or its write did not finish")
     try:
         obj = loads_strict(raw, "manifest JSON", max_bytes=MAX_MANIFEST_BYTES)
     except SerializationError as err:
