@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import inspect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
@@ -52,6 +53,34 @@ def refresh_with(refresher: Refresher | None) -> Iterator[Refresher | None]:
 
 def current_refresher() -> Refresher | None:
     return _current.get()
+
+
+@dataclass(frozen=True)
+class LevelPolicy:
+    """How the circuits spend levels, decided in one place from whether a Refresher is active.
+
+    With one (``refreshes``), an operand short of levels is refreshed, the matrix products run
+    their rotations low and return at level 0 (the consumer refreshes the few outputs), and DiagABT
+    packs B's diagonals with the ×i "const" option (refreshing B's n_b blocks costs less than the
+    1.3–1.7× of "real"). Without one, a short operand is a DepthError and products keep every level
+    they can. ``level_policy()`` reads the ambient refresher; docs/matmul.md, "Output level".
+    """
+
+    refreshes: bool
+
+    @property
+    def product_out_level(self) -> int | None:
+        """Where a product's result lands: 0, or None for as high as the operands allow."""
+        return 0 if self.refreshes else None
+
+    @property
+    def prefer_const_packing(self) -> bool:
+        return self.refreshes
+
+
+def level_policy() -> LevelPolicy:
+    """The level policy of the active ``refresh_with`` block (or of none)."""
+    return LevelPolicy(refreshes=_current.get() is not None)
 
 
 def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str) -> list[Cipher]:

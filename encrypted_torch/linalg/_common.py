@@ -12,7 +12,7 @@ from ..ckks.evaluator import Cipher, Evaluator
 from ..ckks.galois import compose_rotation
 from ..errors import ContextMismatchError, DepthError, ShapeError
 from ..parallel import fork_map, split, worker_count
-from ..refresh import current_refresher, ensure_levels
+from ..refresh import ensure_levels, level_policy
 from ..tensor.base import TensorBase
 
 Blocks = list[list[Cipher]]
@@ -51,13 +51,13 @@ def require_rotations(ctx: Any, steps: Iterable[int], op: str) -> None:
 def planned_level(x: Any, need: int, top: int) -> int:
     """The level ``x`` will have when the product starts: the top if it is short and a Refresher is
     active (it will be refreshed), else its own."""
-    return top if x.level < need and current_refresher() is not None else x.level
+    return top if x.level < need and level_policy().refreshes else x.level
 
 
 def check_levels(op: str, *operands: tuple[str, Any, int]) -> None:
     """DepthError before any SEAL call if an operand (role, tensor, levels needed) is short and no
     Refresher is active; with one active, ``prepare`` refreshes it instead."""
-    if current_refresher() is not None:
+    if level_policy().refreshes:
         return
     for role, x, need in operands:
         if x.level < need:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ckks.evaluator import Cipher
 from ..errors import DepthError, ShapeError
-from ..refresh import current_refresher
+from ..refresh import level_policy
 from ..tensor.base import Blocks, TensorBase
 from ..tensor.layout import BlockLayout, next_pow2
 from . import _common as cm
@@ -70,8 +70,7 @@ def _choose_imag(imag: str, level_b: int, out_level: int | None, c_pad: int, top
     target = 0 if out_level is None else out_level
     if target + B_DEPTH["const"] > top:
         return "real"  # the preset has too few levels for "const"
-    if current_refresher() is not None:
-        # Refreshing B's n_b blocks (~20 ms each) costs far less than the 1.3-1.7× of "real".
+    if level_policy().prefer_const_packing:
         return "const"
     return "real" if level_b == target + B_DEPTH["real"] else "const"
 

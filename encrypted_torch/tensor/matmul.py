@@ -21,7 +21,7 @@ from ..linalg.diag_abt import DEPTH as ABT_DEPTH
 from ..linalg.diag_abt import diag_abt, diag_abt_plain
 from ..linalg.diag_atb import DEPTH as ATB_DEPTH
 from ..linalg.diag_atb import diag_atb, diag_atb_plain
-from ..refresh import current_refresher
+from ..refresh import level_policy
 from .base import TensorBase
 
 
@@ -33,7 +33,7 @@ def product_out_level() -> int | None:
     is cheaper to compute low and let the consumer refresh the few outputs (n_a logit blocks, n_b
     gradient blocks) than to keep levels through thousands of rotations.
     """
-    return 0 if current_refresher() is not None else None
+    return level_policy().product_out_level
 
 
 def _plain(m: Any) -> np.ndarray:
