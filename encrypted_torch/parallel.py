@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .ckks import counters
+from .ckks import cipher_codec, counters
 from .ckks.evaluator import Cipher
 from .errors import EncTorchError
 from .refresh import current_refresher, refresh_stage, refresh_with
@@ -143,13 +143,12 @@ def fork_map(ctx: Any, fn: Callable[[Any], list[Cipher]], shares: Sequence[Any],
     return out
 
 
-def _dump(ctx: Any, ciphers: Sequence[Cipher]) -> list[tuple[bytes, int, float, int]]:
-    return [(ctx.backend.handle_to_bytes(c.handle), c.level, c.scale, c.size) for c in ciphers]
+def _dump(ctx: Any, ciphers: Sequence[Cipher]) -> tuple[list[list[Any]], list[bytes]]:
+    return cipher_codec.dump(ctx, ciphers)
 
 
-def _load(ctx: Any, raw: Sequence[tuple[bytes, int, float, int]]) -> list[Cipher]:
-    return [Cipher(ctx.backend.handle_from_bytes(b), level, scale, ctx.evaluator.context_id, size)
-            for b, level, scale, size in raw]
+def _load(ctx: Any, raw: tuple[list[list[Any]], list[bytes]]) -> list[Cipher]:
+    return cipher_codec.load(ctx, *raw, what="worker ciphertext", error=WorkerError)
 
 
 def _send(fd: int, message: Any) -> None:

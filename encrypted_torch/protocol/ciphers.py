@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..ckks import serialize
+from ..ckks import cipher_codec, serialize
 from ..ckks.evaluator import Cipher
 from ..errors import ContextMismatchError
 from ..storage.jsonio import loads_strict
@@ -21,12 +21,9 @@ KIND = "cipher_list"
 
 def encode_ciphers(ctx: Any, ciphers: Sequence[Cipher]) -> bytes:
     """Frame ciphertexts with their levels and scales under ``ctx``'s fingerprint."""
-    meta = {"context": ctx.fingerprint, "ciphers": [[c.level, c.scale, c.size] for c in ciphers]}
-    sections = {"meta": serialize.dumps_json(meta)}
-    for i, c in enumerate(ciphers):
-        if c.context_id != ctx.fingerprint:
-            raise ContextMismatchError("a ciphertext to send was encrypted under another key")
-        sections[f"c{i}"] = ctx.backend.handle_to_bytes(c.handle)
+    records, payloads = cipher_codec.dump(ctx, ciphers)
+    sections = {"meta": serialize.dumps_json({"context": ctx.fingerprint, "ciphers": records})}
+    sections.update((f"c{i}", raw) for i, raw in enumerate(payloads))
     return serialize.pack(KIND, sections)
 
 
@@ -44,17 +41,8 @@ def decode_ciphers(data: bytes, ctx: Any, expected: int | None = None) -> list[C
         raise ProtocolError(f"{len(info)} ciphertexts where {expected} were asked for")
     if len(sections) != len(info) + 1:
         raise ProtocolError("cipher list section count does not match its metadata")
-    out = []
-    for i, item in enumerate(info):
-        level, scale, size = serialize.cipher_meta(item, f"ciphertext {i}", ctx.top_level, ProtocolError)
-        (raw,) = serialize.require(sections, f"c{i}")
-        handle = ctx.backend.handle_from_bytes(raw)
-        if ctx.backend.tracks_levels:  # SEAL knows a ciphertext's level; plain slots do not
-            found = (ctx.backend.level_of(handle), ctx.backend.scale_of(handle), ctx.backend.size_of(handle))
-            if found != (level, scale, size):
-                raise ProtocolError(f"ciphertext {i}: level/scale/size {found}, recorded as {level, scale, size}")
-        out.append(Cipher(handle, level, scale, ctx.fingerprint, size))
-    return out
+    payloads = serialize.require(sections, *(f"c{i}" for i in range(len(info))))
+    return cipher_codec.load(ctx, info, payloads, error=ProtocolError)
 
 
 def encode_tensors(tensors: dict[str, EncTensor]) -> dict[str, bytes]:

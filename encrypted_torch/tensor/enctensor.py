@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..autograd import function as autograd
-from ..ckks import registry, serialize
+from ..ckks import cipher_codec, registry, serialize
 from ..ckks.evaluator import Cipher
 from ..ckks.public import PublicContext
 from ..errors import ContextMismatchError, KeyRoleError, SerializationError, ShapeError
@@ -196,12 +196,11 @@ class EncTensor(TensorBase):
         return out
 
     def to_bytes(self) -> bytes:
+        records, payloads = cipher_codec.dump(self.ctx, self.ciphers())
         meta = {"shape": list(self.layout.shape), "unit": list(self.layout.unit),
-                "tiling": self.layout.tiling, "context": self.ctx.fingerprint,
-                "blocks": [[c.level, c.scale, c.size] for c in self.ciphers()]}
+                "tiling": self.layout.tiling, "context": self.ctx.fingerprint, "blocks": records}
         sections = {"meta": serialize.dumps_json(meta)}
-        for k, c in enumerate(self.ciphers()):
-            sections[f"b{k}"] = self.ctx.backend.handle_to_bytes(c.handle)
+        sections.update((f"b{k}", raw) for k, raw in enumerate(payloads))
         return serialize.pack(KIND, sections)
 
     @classmethod
@@ -230,18 +229,8 @@ class EncTensor(TensorBase):
         n_a, n_b = layout.grid
         if len(blocks) != n_a * n_b or layout.slots != ctx.slots or len(sections) != len(blocks) + 1:
             raise SerializationError("block count or unit shape does not match the layout/context")
-        backend = ctx.backend
-        flat = []
-        for k, item in enumerate(blocks):
-            lv, sc, sz = serialize.cipher_meta(item, f"block {k}", ctx.top_level)
-            (raw,) = serialize.require(sections, f"b{k}")
-            handle = backend.handle_from_bytes(raw)
-            if backend.tracks_levels:  # SEAL knows; plain slots do not
-                found = (backend.level_of(handle), backend.scale_of(handle), backend.size_of(handle))
-                if found != (lv, sc, sz):
-                    raise SerializationError(f"block {k}: ciphertext at level/scale/size {found}, "
-                                             f"recorded as {lv, sc, sz}")
-            flat.append(Cipher(handle, lv, sc, ctx.fingerprint, sz))
+        payloads = serialize.require(sections, *(f"b{k}" for k in range(len(blocks))))
+        flat = cipher_codec.load(ctx, blocks, payloads, what="block")
         return cls([flat[i : i + n_b] for i in range(0, len(flat), n_b)], layout, ctx)
 
 
