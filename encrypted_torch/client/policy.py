@@ -130,7 +130,7 @@ class KeyOwnerPolicy:
 def plan_job(ctx: Any, job: dict[str, Any], init: dict[str, Any], train: Manifest | EncDataset,
              val: Manifest | EncDataset, builders: dict[str, Any] | None = None) -> RefreshPlan:
     """The refresh plan of a server job on these datasets (manifests or the encrypted sets), from the
-    client's own copy of the job and of its builder (``server.job.BUILDERS`` unless given)."""
+    client's own copy of the job and of its builder (``training.job.BUILDERS`` unless given)."""
     import torch
 
     from ..tensor.enctensor import encrypt

@@ -221,7 +221,7 @@ class RemoteSession:
 
         The key owner answers only what this job plans (``client.policy``): its refreshes by stage
         and level, one verdict per epoch, within the job's epochs. ``builders``: the client's copy of
-        the server's job builders (``server.job.BUILDERS``), from which it computes that plan."""
+        the job builders (``training.job.BUILDERS``), from which it computes that plan."""
         owner = self.key_owner
         if set(self._manifests) != {"train", "val"}:
             if self.status.get("stage") != "done":
