@@ -31,8 +31,8 @@ def torch_script(path):
     torch.nn.init.zeros_(model.weight), torch.nn.init.zeros_(model.bias)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    for epoch in range(EPOCHS):
-        for xb, yb in zip(x_train.split(BATCH), y_train.split(BATCH)):
+    for _ in range(EPOCHS):
+        for xb, yb in zip(x_train.split(BATCH), y_train.split(BATCH), strict=True):
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(xb), yb)
             loss.backward()
@@ -55,7 +55,7 @@ def encrypted_script(secret, path):
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     criterion = nn.CrossEntropyLoss()
     with et.refresh_with(owner):                                                    # + refreshes
-        for epoch in range(EPOCHS):
+        for _ in range(EPOCHS):
             for xb, yb in batches:
                 opt.zero_grad()
                 loss = criterion(model(xb), yb)
