@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ShapeError
 from ..tensor.enctensor import EncTensor
@@ -25,8 +26,23 @@ class EncBatch:
         return iter((self.x, self.y))
 
 
+class BatchedRows:
+    """What a sequence of batches (``.rows``, ``.y`` None when the labels stay with the key owner) tells:
+    shared by encrypted datasets and their on-disk manifests."""
+
+    batches: Any
+
+    @property
+    def num_samples(self) -> int:
+        return sum(b.rows for b in self.batches)
+
+    @property
+    def has_labels(self) -> bool:
+        return all(b.y is not None for b in self.batches)
+
+
 @dataclass
-class EncDataset:
+class EncDataset(BatchedRows):
     """Encrypted batches sharing one unit shape. ``name`` ties a validation set to the labels its
     key owner kept (``y`` is None then)."""
 
@@ -50,14 +66,6 @@ class EncDataset:
     def __getitem__(self, i: int) -> EncBatch:
         """The i-th batch, so ``torch.utils.data.DataLoader(ds, batch_size=None, shuffle=True)`` works."""
         return self.batches[i]
-
-    @property
-    def num_samples(self) -> int:
-        return sum(b.rows for b in self.batches)
-
-    @property
-    def has_labels(self) -> bool:
-        return all(b.y is not None for b in self.batches)
 
 
 class DataLoader:

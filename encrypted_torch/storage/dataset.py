@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ckks.params import CKKSParams
-from ..data.dataset import EncBatch, EncDataset
+from ..data.dataset import BatchedRows, EncBatch, EncDataset
 from ..errors import ContextMismatchError, SerializationError
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
@@ -63,7 +63,7 @@ class BatchEntry:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(BatchedRows):
     """What a dataset directory holds; ``from_json`` validates everything a reader relies on."""
 
     name: str
@@ -73,14 +73,6 @@ class Manifest:
     ckks: dict[str, Any]
     fingerprint: str
     batches: tuple[BatchEntry, ...]
-
-    @property
-    def num_samples(self) -> int:
-        return sum(b.rows for b in self.batches)
-
-    @property
-    def has_labels(self) -> bool:
-        return all(b.y is not None for b in self.batches)
 
     def files(self) -> list[FileEntry]:
         return [f for b in self.batches for f in (b.x, b.y) if f is not None]
