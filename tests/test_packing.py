@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
+from test_softmax import softmax_tolerance
 
 import encrypted_torch as et
 from encrypted_torch.functional import packing
@@ -75,4 +76,5 @@ def test_packed_softmax_on_seal(seal_ctx) -> None:
     with et.refresh_with(seal_ctx):
         p = softmax(xe)
     ref = torch.softmax(torch.as_tensor(x), dim=1).numpy()
-    assert np.abs(seal_ctx.decrypt(p).numpy() - ref).max() < 2e-2
+    # The proven approximation bound plus the plan's CKKS noise: 5.4e-3 (measured 2.1e-3; it was a flat 2e-2).
+    assert np.abs(seal_ctx.decrypt(p).numpy() - ref).max() < softmax_tolerance(seal_ctx, (300, 6), (128, 32))

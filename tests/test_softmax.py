@@ -386,6 +386,18 @@ def test_cross_entropy_api_errors(plain_ctx):
 
 
 # --- 3. CKKS noise ------------------------------------------------------------------------------------------
+def softmax_tolerance(ctx: et.SecretContext, shape: tuple[int, int], unit: tuple[int, int],
+                      cfg: SoftmaxConfig | None = None) -> float:
+    """|P_encrypted − softmax| allowed: the approximation's proven bound plus, on SEAL, the plan's noise
+    (``noise_tolerance``); the plaintext backend adds float64 rounding only."""
+    cfg = cfg or SoftmaxConfig()
+    bound = cfg.error_bound(shape[1])
+    if ctx.backend_name == "plain":
+        return bound + 1e-9
+    plan = plan_softmax(cfg, shape, ctx.public(), unit=unit)
+    return bound + noise_tolerance(cfg, shape[1], ctx.params, plan)
+
+
 def noise_tolerance(cfg: SoftmaxConfig, c: int, params: et.CKKSParams, plan) -> float:
     """CKKS noise bound on |P_SEAL − P_plain| (the same approximation), from the plan's refresh points.
 
