@@ -8,6 +8,8 @@ server it talks to. Every import counts, function-local ones included.
 import ast
 from pathlib import Path
 
+from test_structure import import_target
+
 import encrypted_torch
 
 ROOT = Path(encrypted_torch.__file__).resolve().parent
@@ -26,12 +28,7 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".") if is_package else module.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = import_target(node, module, is_package)
             found.add(target)
             found.update(f"{target}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (

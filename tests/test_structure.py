@@ -25,18 +25,22 @@ def _modules() -> dict[str, Path]:
     return {_module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
 
 
+def import_target(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module a ``from … import`` names, relative levels resolved against ``module``."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> list[str]:
     """The package's modules that one import statement loads."""
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names if alias.name in known]
     if not isinstance(node, ast.ImportFrom):
         return []
-    if node.level:
-        base = module.split(".") if is_package else module.split(".")[:-1]
-        base = base[: len(base) - (node.level - 1)]
-        target = ".".join(base + ([node.module] if node.module else []))
-    else:
-        target = node.module or ""
+    target = import_target(node, module, is_package)
     if target != PACKAGE and not target.startswith(PACKAGE + "."):
         return []
     found = []
