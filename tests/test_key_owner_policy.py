@@ -1,0 +1,82 @@
+"""KeyOwnerPolicy's budget arithmetic on a hand-made plan: the resume allowance, its cap, and its state.
+
+The mutation run found ``resumed`` reached by no test (the attacks never reconnect): each rule here is
+pinned with exact counts, so an off-by-one in the allowance or the cap fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from encrypted_torch.client.policy import MAX_RESUMES, KeyOwnerPolicy
+from encrypted_torch.errors import JobPolicyError
+from encrypted_torch.tensor.layout import BlockLayout
+from encrypted_torch.training.refresh_plan import RefreshPlan
+
+STAGE = ("softmax max (round input)", 0)
+PLAN = RefreshPlan(epochs=3, steps_per_epoch=4, per_epoch={STAGE: 8, ("refresh", 0): 4},
+                   per_step={STAGE: 2, ("refresh", 0): 1}, validation={STAGE: 0},
+                   val_layouts=(BlockLayout((8, 3), (8, 512), "horizontal"),), state_layouts={})
+
+
+def test_an_epoch_gets_exactly_its_plan():
+    policy = KeyOwnerPolicy(PLAN)
+    policy.check_refresh(STAGE[0], [0] * 8)
+    with pytest.raises(JobPolicyError, match="9 ciphertext"):
+        policy.check_refresh(STAGE[0], [0])
+
+
+def test_a_resume_allows_one_checkpoint_window_more():
+    policy = KeyOwnerPolicy(PLAN, replay_steps=3)
+    policy.check_refresh(STAGE[0], [0] * 8)
+    policy.resumed()
+    policy.check_refresh(STAGE[0], [0] * 6)  # 3 replayed steps × 2
+    with pytest.raises(JobPolicyError, match="replay"):
+        policy.check_refresh(STAGE[0], [0])
+
+
+def test_the_allowance_ends_with_the_epoch():
+    policy = KeyOwnerPolicy(PLAN)
+    policy.resumed()
+    assert policy.recorded_verdict(0) is None
+    policy.record_verdict(0, False)
+    policy.check_refresh(STAGE[0], [0] * 8)
+    with pytest.raises(JobPolicyError):
+        policy.check_refresh(STAGE[0], [0])
+
+
+def test_resumes_are_capped():
+    policy = KeyOwnerPolicy(PLAN)
+    for _ in range(MAX_RESUMES):
+        policy.resumed()
+    with pytest.raises(JobPolicyError, match=f"{MAX_RESUMES + 1} resumes"):
+        policy.resumed()
+    with pytest.raises(JobPolicyError, match="ended this job"):
+        policy.check_refresh(STAGE[0], [0])
+
+
+def test_unplanned_levels_and_stages_are_refused():
+    for stage, level in [(STAGE[0], 1), ("DiagABT (x @ w.T)", 0)]:
+        with pytest.raises(JobPolicyError, match="plans 0"):
+            KeyOwnerPolicy(PLAN).check_refresh(stage, [level])
+
+
+def test_the_policy_state_round_trips():
+    policy = KeyOwnerPolicy(PLAN, replay_steps=2)
+    policy.check_refresh(STAGE[0], [0] * 5)
+    policy.resumed()
+    policy.record_verdict(0, False)
+    policy.check_refresh("refresh", [0, 0])
+    restored = KeyOwnerPolicy(PLAN, replay_steps=2)
+    restored.load_state_dict(policy.state_dict())
+    assert restored.state_dict() == policy.state_dict()
+    assert restored.verdicts == {0: False} and restored.resumes == 1 and restored.used[("refresh", 0)] == 2
+    restored.check_refresh("refresh", [0, 0])
+    with pytest.raises(JobPolicyError):
+        restored.check_refresh("refresh", [0])
+    ended = KeyOwnerPolicy(PLAN)
+    ended.end(JobPolicyError("boom"))
+    again = KeyOwnerPolicy(PLAN)
+    again.load_state_dict(ended.state_dict())
+    with pytest.raises(JobPolicyError, match="boom"):
+        again.check_open()
