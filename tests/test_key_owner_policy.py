@@ -14,8 +14,9 @@ from encrypted_torch.tensor.layout import BlockLayout
 from encrypted_torch.training.refresh_plan import RefreshPlan
 
 STAGE = ("softmax max (round input)", 0)
-PLAN = RefreshPlan(epochs=3, steps_per_epoch=4, per_epoch={STAGE: 8, ("refresh", 0): 4},
-                   per_step={STAGE: 2, ("refresh", 0): 1}, validation={STAGE: 0},
+VAL = ("DiagABT (x @ w.T)", 2)
+PLAN = RefreshPlan(epochs=3, steps_per_epoch=4, per_epoch={STAGE: 8, ("refresh", 0): 4, VAL: 3},
+                   per_step={STAGE: 2, ("refresh", 0): 1}, validation={VAL: 3},
                    val_layouts=(BlockLayout((8, 3), (8, 512), "horizontal"),), state_layouts={})
 
 
@@ -33,6 +34,21 @@ def test_a_resume_allows_one_checkpoint_window_more():
     policy.check_refresh(STAGE[0], [0] * 6)  # 3 replayed steps × 2
     with pytest.raises(JobPolicyError, match="replay"):
         policy.check_refresh(STAGE[0], [0])
+
+
+def test_resumes_add_up_and_include_the_validation_pass():
+    policy = KeyOwnerPolicy(PLAN, replay_steps=1)
+    policy.check_refresh(STAGE[0], [0] * 8)
+    policy.check_refresh(VAL[0], [VAL[1]] * 3)
+    policy.resumed()
+    policy.resumed()
+    policy.check_refresh(STAGE[0], [0] * 4)  # two windows of one step × 2
+    policy.check_refresh(VAL[0], [VAL[1]] * 6)  # and two validation passes × 3
+    for stage, level in (STAGE, VAL):
+        with pytest.raises(JobPolicyError):
+            KeyOwnerPolicy(PLAN).check_refresh(stage, [level] * 20)
+    with pytest.raises(JobPolicyError):
+        policy.check_refresh(VAL[0], [VAL[1]])
 
 
 def test_the_allowance_ends_with_the_epoch():
