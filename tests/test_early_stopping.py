@@ -21,3 +21,14 @@ def test_early_stopping_follows_its_rule(losses, min_delta, patience, improved, 
     got = [es.update(epoch, loss) for epoch, loss in enumerate(losses)]
     assert [g[0] for g in got] == improved and [g[1] for g in got] == stops
     assert es.best_epoch == max(i for i, ok in enumerate(improved) if ok)
+
+
+def test_early_stopping_state_round_trips():
+    es = EarlyStopping(patience=2, min_delta=0.01)
+    es.update(0, 1.0)
+    es.update(1, 1.2)
+    restored = EarlyStopping(patience=9)
+    restored.load_state_dict(es.state_dict())
+    assert restored.state_dict() == es.state_dict() == {"patience": 2, "min_delta": 0.01, "best": 1.0,
+                                                         "best_epoch": 0, "bad_epochs": 1}
+    assert restored.update(2, 1.3) == (False, True)  # the restored patience and count decide
