@@ -51,9 +51,12 @@ def seal_primes(params: CKKSParams) -> list[int]:
     return data_primes(params)
 
 
-def null_context(params: CKKSParams, steps: Any = None, name: str = "dry run") -> PublicContext:
-    """A PublicContext of ``params`` on a NullBackend with SEAL's primes and rotation ``steps``."""
-    return PublicContext(params, NullBackend(params, seal_primes(params), steps), name, {})
+def null_context(params: CKKSParams, steps: Any = None, name: str = "dry run",
+                 primes: list[int] | None = None) -> PublicContext:
+    """A PublicContext of ``params`` on a NullBackend with rotation ``steps`` and ``primes`` (default:
+    SEAL's for ``params``; pass a real context's own to mirror it exactly)."""
+    primes = seal_primes(params) if primes is None else list(primes)
+    return PublicContext(params, NullBackend(params, primes, steps), name, {})
 
 
 class DryRefresher:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -134,10 +135,7 @@ class KeyOwner:
 
     def _guard(self) -> StageBounds:
         classes = self.num_classes or 2
-        if getattr(self, "_bounds_for", None) != (classes, self.softmax_config):
-            self._bounds = stage_bounds(self.softmax_config, classes, params=self.secret.params)
-            self._bounds_for = (classes, self.softmax_config)
-        return self._bounds
+        return _stage_bounds(self.softmax_config, classes, self.secret.params)
 
     def validation_metrics(self, dataset: str, val_logits: list[EncTensor]) -> dict[str, float]:
         """Cross-entropy (float64) and accuracy of decrypted logits against the kept labels."""
@@ -211,3 +209,9 @@ class KeyOwner:
         self._val_labels = {k: v.clone() for k, v in state["val_labels"].items()}
         if "policy" in state:
             self.policy.load_state_dict(state["policy"])
+
+
+@lru_cache(maxsize=16)
+def _stage_bounds(config: SoftmaxConfig, classes: int, params: Any) -> StageBounds:
+    """The guard's bounds, computed once per (softmax config, class count, parameters)."""
+    return stage_bounds(config, classes, params=params)

@@ -19,7 +19,7 @@ import torch
 
 from .. import parallel
 from ..ckks.evaluator import Cipher
-from ..ckks.null_backend import NullBackend
+from ..ckks.null_backend import null_context
 from ..ckks.public import PublicContext
 from ..data.dataset import EncBatch
 from ..tensor.enctensor import EncTensor, encrypt
@@ -80,12 +80,6 @@ class _Recorder:
         return {}
 
 
-def null_context(ctx: PublicContext) -> PublicContext:
-    """A context with ``ctx``'s parameters, primes and rotation keys whose ops do nothing."""
-    backend = NullBackend(ctx.params, list(ctx.backend.primes), ctx.rotation_steps)
-    return PublicContext(ctx.params, backend, "plan", {})
-
-
 def plan_refreshes(ctx: PublicContext, build: Build, *, unit: tuple[int, int], num_features: int,
                    num_classes: int, train_rows: Sequence[int], val_rows: Sequence[int],
                    steps_per_epoch: int, epochs: int) -> RefreshPlan:
@@ -96,7 +90,7 @@ def plan_refreshes(ctx: PublicContext, build: Build, *, unit: tuple[int, int], n
     timers see none of it. Milliseconds per step.
     """
     def run() -> RefreshPlan:
-        null = null_context(ctx)
+        null = null_context(ctx.params, ctx.rotation_steps, "plan", primes=ctx.backend.primes)
         rows = max(train_rows)
         x = encrypt(torch.zeros(rows, num_features), null, layout=BlockLayout((rows, num_features), unit, "grid"))
         y = encrypt(torch.zeros(rows, num_classes), null,
