@@ -14,10 +14,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from ..data.dataset import EncDataset
 from ..errors import EncTorchError, JobPolicyError
 from ..storage.dataset import Manifest
+from ..tensor.enctensor import encrypt
 from ..tensor.layout import BlockLayout
+from ..training.job import BUILDERS, validate_job
 from ..training.refresh_plan import RefreshPlan, plan_refreshes
 
 #: Resumes (reconnects that replay work) a job may ask for; each allows one checkpoint window again.
@@ -131,11 +135,6 @@ def plan_job(ctx: Any, job: dict[str, Any], init: dict[str, Any], train: Manifes
              val: Manifest | EncDataset, builders: dict[str, Any] | None = None) -> RefreshPlan:
     """The refresh plan of a server job on these datasets (manifests or the encrypted sets), from the
     client's own copy of the job and of its builder (``training.job.BUILDERS`` unless given)."""
-    import torch
-
-    from ..tensor.enctensor import encrypt
-    from ..training.job import BUILDERS, validate_job
-
     builders = BUILDERS if builders is None else builders
     job = validate_job(job, builders)
     steps = len(train.batches) if job["max_steps"] is None else min(len(train.batches), job["max_steps"])
