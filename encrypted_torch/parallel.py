@@ -1,15 +1,14 @@
-"""Use every core: fork workers over independent ciphertext work (SEAL runs single-threaded and
-holds the GIL, so threads do not help; processes do).
+"""Use every core, or every node: independent shares of ciphertext work on an executor.
 
-``fork_map(ctx, fn, shares)`` runs ``fn(share)`` for every share and returns the results in order:
-the first share in this process, each other one in a forked child. A child sees every ciphertext
-already in memory (copy-on-write: nothing is serialized on the way in) and sends its result
-ciphertexts back as bytes, with the op counts it ran. Children never refresh (no Refresher is active
-inside them) unless the caller asks this process to serve their refreshes (``serve_refreshes``).
+``fork_map(ctx, fn, shares)`` runs ``fn(share)`` for every share on the current executor and returns
+the results in order (the name stays from when forking was the only way): ``serial`` (this process),
+``fork`` (forked children on this machine, the default) or ``ray`` (tasks on a Ray cluster). The
+executors give the same ciphertexts bit for bit and the same op counts (``executors``).
 
-The worker count is ``workers()``: the ``ENCRYPTED_TORCH_WORKERS`` environment variable, else the
-cores this process may use; ``use_workers(n)`` sets it for a block. Where ``os.fork`` does not exist
-everything runs in this process.
+The ambient settings live here and nowhere else: one ContextVar for a block (``use_workers``,
+``use_executor``) over one process default (``set_default_executor``, else the environment:
+``ENCRYPTED_TORCH_EXECUTOR`` = serial | fork | ray, ``RAY_ADDRESS``). The share count is ``workers()``:
+``use_workers(n)``, else ``ENCRYPTED_TORCH_WORKERS``, else the executor's own (cores, or Ray's CPUs).
 """
 
 from __future__ import annotations
@@ -17,45 +16,110 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import pickle
-import selectors
-import struct
-import sys
-import traceback
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from .ckks import cipher_codec, counters
 from .ckks.evaluator import Cipher
-from .errors import EncTorchError
-from .refresh import current_refresher, refresh_stage, refresh_with
+from .executors import NAMES, Executor, ExecutorUnavailableError, SerialExecutor, WorkerError
+from .executors.fork import ForkExecutor, available_cores
+
+__all__ = ["MIN_WORK", "Executor", "ExecutorUnavailableError", "WorkerError", "available_cores", "current_executor",
+           "fork_map", "make_executor", "plan", "set_default_executor", "split", "use_executor", "use_workers",
+           "worker_count", "workers"]
 
 T = TypeVar("T")
-
-_workers: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("encrypted_torch_workers",
-                                                                                   default=None)
 
 MIN_WORK = 32
 """Work smaller than this many independent block products stays in one process: forking a large
 process costs about as much as a few dozen small products."""
 
 
-class WorkerError(EncTorchError, RuntimeError):
-    """A worker process failed; the message carries its traceback."""
+@dataclass(frozen=True)
+class Settings:
+    """A block's choices; None: the process default."""
+
+    executor: Executor | None = None
+    workers: int | None = None
+    min_work: int = MIN_WORK
 
 
-def available_cores() -> int:
+_settings: contextvars.ContextVar[Settings] = contextvars.ContextVar(
+    "encrypted_torch_parallel", default=Settings())  # noqa: B039 (frozen: never mutated)
+_default: list[Executor] = []  # the process default, made once (threads of a server share it)
+_default_lock = threading.Lock()
+
+
+def make_executor(name: str, **options: Any) -> Executor:
+    """The executor called ``name`` ("serial", "fork" or "ray"); ``options`` go to the Ray executor
+    (``address``, ``num_cpus``, ...). ExecutorUnavailableError if Ray is chosen but not installed."""
+    if name == "serial":
+        return SerialExecutor()
+    if name == "fork":
+        return ForkExecutor()
+    if name == "ray":
+        try:
+            from .executors.ray_executor import RayExecutor
+        except ImportError as err:
+            raise ExecutorUnavailableError(
+                f"the 'ray' executor needs Ray, which is not installed ({err}); "
+                'install the extra: pip install "encrypted_torch[ray]"') from err
+        return RayExecutor(**options)
+    raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def _from_environment() -> Executor:
+    name = os.environ.get("ENCRYPTED_TORCH_EXECUTOR", "").strip() or "fork"
+    if name not in NAMES:
+        raise ValueError(f"ENCRYPTED_TORCH_EXECUTOR must be one of {', '.join(NAMES)}, got {name!r}")
+    return make_executor(name)
+
+
+def set_default_executor(executor: Executor | str | None, **options: Any) -> Executor | None:
+    """Make ``executor`` (or the one named) this process's default, for every thread; None: back to
+    the environment's choice. Returns the executor it replaced (the caller may close it)."""
+    if isinstance(executor, str):
+        executor = make_executor(executor, **options)
+    with _default_lock:
+        old = _default[0] if _default else None
+        _default[:] = [executor] if executor is not None else []
+    return old
+
+
+def current_executor() -> Executor:
+    """The block's executor (``use_executor``), else the process default."""
+    chosen = _settings.get().executor
+    if chosen is not None:
+        return chosen
+    with _default_lock:
+        if not _default:
+            _default.append(_from_environment())
+        return _default[0]
+
+
+@contextlib.contextmanager
+def use_executor(executor: Executor | str, **options: Any) -> Iterator[Executor]:
+    """Run the block's shares on ``executor`` (or the one named; closed at the end if made here).
+
+    >>> with use_executor("serial"):
+    ...     current_executor().name
+    'serial'
+    """
+    made = isinstance(executor, str)
+    chosen = make_executor(executor, **options) if isinstance(executor, str) else executor
+    token = _settings.set(replace(_settings.get(), executor=chosen))
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        yield chosen
+    finally:
+        _settings.reset(token)
+        if made:
+            chosen.close()
 
 
 def workers() -> int:
-    """How many processes ``fork_map`` may use (1: everything runs here)."""
-    if not hasattr(os, "fork"):
-        return 1
-    n = _workers.get()[0] if _workers.get() else None
+    """How many shares ``plan`` cuts work into (1: everything runs here)."""
+    n = _settings.get().workers
     if n is None:
         env = os.environ.get("ENCRYPTED_TORCH_WORKERS", "").strip()
         if env:
@@ -64,13 +128,13 @@ def workers() -> int:
             except ValueError:
                 raise ValueError(f"ENCRYPTED_TORCH_WORKERS must be a whole number, got {env!r}") from None
         else:
-            n = available_cores()
+            n = current_executor().default_workers()
     return max(1, n)
 
 
 @contextlib.contextmanager
 def use_workers(n: int, min_work: int = MIN_WORK) -> Iterator[int]:
-    """Run the block's matrix products over ``n`` processes (1 = serial); work below ``min_work``
+    """Cut the block's matrix products into ``n`` shares (1 = serial); work below ``min_work``
     block products stays serial.
 
     >>> with use_workers(1):
@@ -79,17 +143,16 @@ def use_workers(n: int, min_work: int = MIN_WORK) -> Iterator[int]:
     """
     if n < 1:
         raise ValueError(f"need at least one worker, got {n}")
-    token = _workers.set((n, min_work))
+    token = _settings.set(replace(_settings.get(), workers=n, min_work=min_work))
     try:
         yield n
     finally:
-        _workers.reset(token)
+        _settings.reset(token)
 
 
 def worker_count(work: int) -> int:
     """``workers()`` if ``work`` (block products) is worth a fork, else 1."""
-    min_work = _workers.get()[1] if _workers.get() else MIN_WORK
-    return workers() if work >= min_work else 1
+    return workers() if work >= _settings.get().min_work else 1
 
 
 def plan(items: Sequence[T], work: int) -> list[list[T]]:
@@ -113,164 +176,13 @@ def split(items: Sequence[T], parts: int) -> list[list[T]]:
 
 def fork_map(ctx: Any, fn: Callable[[Any], list[Cipher]], shares: Sequence[Any], *,
              serve_refreshes: bool = False) -> list[list[Cipher]]:
-    """``[fn(s) for s in shares]`` over forked children.
+    """``[fn(s) for s in shares]`` on the current executor, in order.
 
-    ``fn`` returns a list of ciphertexts under ``ctx``'s keys. By default this process runs the first
-    share and the children never refresh. With ``serve_refreshes`` every share runs in a child and
-    this process serves the children's refreshes through its active Refresher (the key owner
-    link stays in this process). Op counts of the children are added to every open ``count_ops``
-    block, so counts do not depend on the worker count.
+    ``fn`` returns a list of ciphertexts under ``ctx``'s keys. With ``serve_refreshes`` the shares'
+    refreshes are served by this process's active Refresher (the key owner's link never leaves this
+    process); without, shares run with no Refresher. Op counts of remote shares are added to every
+    open ``count_ops`` block, so counts depend neither on the worker count nor on the executor.
     """
-    if len(shares) <= 1 or not hasattr(os, "fork"):
+    if len(shares) <= 1:
         return [fn(s) for s in shares]
-    refresher = current_refresher() if serve_refreshes else None
-    sys.stdout.flush()
-    sys.stderr.flush()
-    here = [] if refresher is not None else shares[:1]
-    children = [_Child.spawn(ctx, fn, s, proxy=refresher is not None) for s in shares[len(here):]]
-    try:
-        first = [fn(s) for s in here]
-    finally:
-        results = _serve(ctx, children, refresher)
-    out = list(first)
-    for kind, payload in results:
-        if kind == "err":
-            raise payload
-        ciphers, ops = payload
-        for counts in counters.active():
-            counts.add_(ops)
-        out.append(ciphers)
-    return out
-
-
-def _dump(ctx: Any, ciphers: Sequence[Cipher]) -> tuple[list[list[Any]], list[bytes]]:
-    return cipher_codec.dump(ctx, ciphers)
-
-
-def _load(ctx: Any, raw: tuple[list[list[Any]], list[bytes]]) -> list[Cipher]:
-    return cipher_codec.load(ctx, *raw, what="worker ciphertext", error=WorkerError)
-
-
-def _send(fd: int, message: Any) -> None:
-    data = pickle.dumps(message)
-    view = memoryview(struct.pack(">Q", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _receive(fd: int) -> Any:
-    """One message, or None at end of file (the other side died)."""
-    head = _read_exactly(fd, 8)
-    if head is None:
-        return None
-    body = _read_exactly(fd, struct.unpack(">Q", head)[0])
-    return None if body is None else pickle.loads(body)  # our own child's bytes, never the network's
-
-
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-class _ProxyRefresher:
-    """A child's Refresher: asks the parent, which holds the real one."""
-
-    def __init__(self, ctx: Any, to_parent: int, from_parent: int) -> None:
-        self.ctx, self.to_parent, self.from_parent = ctx, to_parent, from_parent
-
-    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
-        _send(self.to_parent, ("refresh", _dump(self.ctx, ciphers), stage))
-        reply = _receive(self.from_parent)
-        if reply is None:
-            raise WorkerError("the parent process went away during a refresh")
-        kind, payload = reply
-        if kind == "err":
-            raise payload
-        return _load(self.ctx, payload)
-
-
-class _Child:
-    def __init__(self, pid: int, from_child: int, to_child: int) -> None:
-        self.pid, self.from_child, self.to_child = pid, from_child, to_child
-
-    @classmethod
-    def spawn(cls, ctx: Any, fn: Callable[[Any], list[Cipher]], share: Any, proxy: bool) -> _Child:
-        up_r, up_w = os.pipe()
-        down_r, down_w = os.pipe()
-        pid = os.fork()
-        if pid:
-            os.close(up_w)
-            os.close(down_r)
-            return cls(pid, up_r, down_w)
-        os.close(up_r)  # the child: compute, send, leave without running the parent's exit handlers
-        os.close(down_w)
-        code = 0
-        try:
-            refresher = _ProxyRefresher(ctx, up_w, down_r) if proxy else None
-            with refresh_with(refresher), counters.count_ops() as ops:
-                out = fn(share)
-            message: Any = ("ok", (_dump(ctx, out), ops))
-        except BaseException as err:  # noqa: BLE001 (reported to the parent, which re-raises)
-            code = 1
-            message = ("err", _portable(err))
-        try:
-            _send(up_w, message)
-        finally:
-            os._exit(code)
-
-
-def _serve(ctx: Any, children: list[_Child], refresher: Any) -> list[tuple[str, Any]]:
-    """Answer the children's refresh requests until each has sent its result; reap them all."""
-    results: dict[int, tuple[str, Any]] = {}
-    with selectors.DefaultSelector() as sel:
-        for i, child in enumerate(children):
-            sel.register(child.from_child, selectors.EVENT_READ, i)
-        while len(results) < len(children):
-            for key, _ in sel.select():
-                i = key.data
-                child = children[i]
-                message = _receive(child.from_child)
-                if message is not None and message[0] == "refresh":
-                    try:
-                        fresh = refresh_stage(refresher, _load(ctx, message[1]), message[2])
-                        reply: Any = ("fresh", _dump(ctx, fresh))
-                    except Exception as err:  # noqa: BLE001 (the child raises it where it asked)
-                        reply = ("err", _portable(err))
-                    _send(child.to_child, reply)
-                    continue
-                sel.unregister(child.from_child)
-                results[i] = _finish(ctx, child, message)
-    return [results[i] for i in range(len(children))]
-
-
-def _finish(ctx: Any, child: _Child, message: Any) -> tuple[str, Any]:
-    os.close(child.from_child)
-    os.close(child.to_child)
-    _, status = os.waitpid(child.pid, 0)
-    if message is None:
-        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-               else f"exit status {os.WEXITSTATUS(status)}")
-        return "err", WorkerError(f"a worker process died ({how}) before sending its result")
-    kind, payload = message
-    if kind == "err":
-        return kind, payload
-    raw, ops = payload
-    return kind, (_load(ctx, raw), ops)
-
-
-def _portable(err: BaseException) -> BaseException:
-    """The exception if it survives pickling, else a WorkerError carrying its traceback."""
-    text = "".join(traceback.format_exception(err))
-    try:
-        clone = pickle.loads(pickle.dumps(err))
-        if type(clone) is type(err) and str(clone) == str(err):
-            return clone
-    except Exception:  # noqa: BLE001
-        pass
-    return WorkerError(f"a worker process failed:\n{text}")
+    return current_executor().map(ctx, fn, shares, serve_refreshes=serve_refreshes)
