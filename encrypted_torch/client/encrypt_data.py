@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -21,9 +21,6 @@ from ..storage.dataset import DatasetWriter, Manifest
 from ..tensor.enctensor import encrypt
 from ..tensor.layout import BlockLayout, next_pow2
 from ..training.unit_choice import choose_unit
-
-if TYPE_CHECKING:
-    from .key_owner import KeyOwner
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -151,10 +148,11 @@ def encrypt_to_disk(batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
     return writer.close()
 
 
-def encrypt_dataset_to_disk(owner: KeyOwner, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+def encrypt_dataset_to_disk(owner: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                             directory: str | Path, *, num_classes: int, name: str = "train",
                             keep_labels: bool = False, unit: tuple[int, int] | None = None) -> Manifest:
-    """``KeyOwner.encrypt_dataset``, streamed: ``encrypt_to_disk`` under the owner's keys and unit.
+    """``KeyOwner.encrypt_dataset``, streamed: ``encrypt_to_disk`` under the owner's keys and unit
+    (``owner`` is a KeyOwner; key_owner imports this module, so it is not imported here).
 
     ``keep_labels=True`` (validation): the labels are not encrypted; the owner keeps them for
     dataset ``name`` in the order written (int64, 8 bytes a row), as ``encrypt_dataset`` does."""
@@ -177,7 +175,7 @@ def encrypt_dataset_to_disk(owner: KeyOwner, batches: Iterable[tuple[torch.Tenso
     return manifest
 
 
-def keep_validation_labels(owner: KeyOwner, name: str, labels: torch.Tensor) -> None:
+def keep_validation_labels(owner: Any, name: str, labels: torch.Tensor) -> None:
     """Give ``owner`` the labels of validation set ``name`` (in its rows' order), as
     ``encrypt_dataset(..., keep_labels=True)`` would; through its state_dict, which persists them."""
     state = owner.state_dict()
