@@ -50,7 +50,7 @@ _BY_NAME = {  # fields whose declared bounds are narrower than their type
     "sha256": st.text(_hex, min_size=64, max_size=64),
     "target": st.from_regex(r"[a-z]{1,8}(/[a-z0-9_]{1,8}){0,2}", fullmatch=True),
     "size": st.integers(1, 2**40), "offset": st.integers(0, 2**40), "data": st.binary(min_size=1, max_size=64),
-    "request_id": st.integers(0, 2**53 - 1), "epoch": st.integers(0, 2**31 - 1),
+    "request_id": st.integers(0, 2**53 - 1), "epoch": st.integers(0, 2**31 - 1), "rows": st.integers(1, 1 << 20),
     "max_message_bytes": st.integers(1 << 20, 1 << 30), "chunk_bytes": st.integers(1, 1 << 20),
     "stage": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
 }

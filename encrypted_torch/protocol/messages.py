@@ -397,3 +397,35 @@ class ModelState(Message):
     state: dict[str, bytes]
     summary: dict
 
+
+#: The most rows one inference request may declare (a server's own limit, ``--max-infer-rows``, is lower).
+MAX_INFER_ROWS = 1 << 20
+
+
+@dataclass(frozen=True)
+class InferRequest(Message):
+    """C→S, once training is done: ``rows`` samples' features, one EncTensor of shape (rows, in_features)
+    in the training data's block shape, freshly encrypted; answer InferReply (the server learns ``rows``)."""
+
+    TYPE: ClassVar[str] = "infer_request"
+    request_id: int
+    rows: int
+    x: bytes
+
+    def validate(self) -> None:
+        _request_id(self)
+        _check(1 <= self.rows <= MAX_INFER_ROWS, self, f"rows must be in [1, {MAX_INFER_ROWS}]")
+
+
+@dataclass(frozen=True)
+class InferReply(Message):
+    """S→C: the trained model's encrypted logits of those rows (one EncTensor, rows × out_features)."""
+
+    TYPE: ClassVar[str] = "infer_reply"
+    request_id: int
+    rows: int
+    logits: bytes
+
+    def validate(self) -> None:
+        _request_id(self)
+        _check(1 <= self.rows <= MAX_INFER_ROWS, self, f"rows must be in [1, {MAX_INFER_ROWS}]")

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None, builders: dict[str, Builder] | None = No
     ap.add_argument("--max-disk-gb", type=float, default=512.0, help="disk quota of all sessions together")
     ap.add_argument("--max-loaded-contexts", type=int, default=2,
                     help="detached sessions whose keys stay in RAM (each up to GBs)")
+    ap.add_argument("--max-infer-rows", type=int, default=4096, help="rows in one encrypted inference request")
+    ap.add_argument("--max-infer-session-rows", type=int, default=1 << 24,
+                    help="rows one session may send to encrypted inference in all")
     ap.add_argument("--allow-plain-backend", action="store_true",
                     help="accept plain-backend (unencrypted) contexts: for tests only")
     ap.add_argument("--certfile", type=Path, help="TLS certificate chain (PEM): serve wss://")
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None, builders: dict[str, Builder] | None = No
     try:
         limits = Limits(idle_timeout=args.idle_timeout, reply_timeout=args.reply_timeout,
                         max_sessions=args.max_sessions, max_session_bytes=int(args.max_session_gb * GiB),
-                        max_total_bytes=int(args.max_disk_gb * GiB), max_loaded_contexts=args.max_loaded_contexts)
+                        max_total_bytes=int(args.max_disk_gb * GiB), max_loaded_contexts=args.max_loaded_contexts,
+                        max_infer_rows=args.max_infer_rows, max_infer_session_rows=args.max_infer_session_rows)
         config = ServerConfig(args.workdir, read_token(args.token_file), host=args.host, port=args.port,
                               resume=args.resume, max_message_bytes=args.max_message_mb << 20,
                               chunk_bytes=min(args.chunk_mb, args.max_message_mb // 2 or 1) << 20,

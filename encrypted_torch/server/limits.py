@@ -43,6 +43,8 @@ class Limits:
     max_total_bytes: int = 512 * GiB  # --max-disk-gb
     max_loaded_contexts: int = 2  # --max-loaded-contexts: detached sessions' keys kept in RAM
     allow_plain: bool = False  # --allow-plain-backend: accept unencrypted (plaintext backend) data; tests only
+    max_infer_rows: int = 4096  # --max-infer-rows: rows in one encrypted inference request
+    max_infer_session_rows: int = 1 << 24  # --max-infer-session-rows: rows inferred per session, ever
 
 
 def quota_error(what: str, used: int, adding: int, limit: int, flag: str) -> SessionError:
@@ -190,4 +192,5 @@ def release_memory() -> None:
 def describe(limits: Limits) -> str:
     return json.dumps({"max_sessions": limits.max_sessions, "max_session_bytes": limits.max_session_bytes,
                        "max_total_bytes": limits.max_total_bytes, "max_loaded_contexts": limits.max_loaded_contexts,
-                       "allow_plain": limits.allow_plain})
+                       "allow_plain": limits.allow_plain, "max_infer_rows": limits.max_infer_rows,
+                       "max_infer_session_rows": limits.max_infer_session_rows})

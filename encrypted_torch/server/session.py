@@ -37,6 +37,7 @@ from ..protocol.messages import (
     FileBegin,
     FileChunk,
     FileEnd,
+    InferRequest,
     Message,
     ModelState,
     ResumeTraining,
@@ -49,6 +50,7 @@ from ..storage.dataset import MANIFEST, FileEntry, Manifest, StreamingLoader, op
 from ..storage.errors import CheckpointError, ChecksumError, ManifestError, MissingFileError, StorageError
 from ..storage.jsonio import loads_strict
 from ..training.trainer import Trainer
+from .inference import InferenceService
 from .job import Builder, validate_job
 from .limits import (
     ContextCache,
@@ -221,7 +223,7 @@ class Session:
         handlers: dict[type[Message], Callable[[Channel, Any, int], None]] = {
             FileBegin: self._file, DatasetBegin: self._dataset_begin, DatasetEnd: self._dataset_end,
             StartTraining: self._start_training, ResumeTraining: self._resume_training,
-            FetchModel: self._fetch_model,
+            FetchModel: self._fetch_model, InferRequest: InferenceService(self).answer,
         }
         while True:
             msg = channel.recv(self.limits.idle_timeout)
