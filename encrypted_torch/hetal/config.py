@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..approx.softmax import SOFTMAX_PRESETS
 
@@ -29,6 +30,14 @@ class HetalConfig:
     max_steps: int | None = None  # stop each epoch early (benchmarks only)
     seed: int = 0
     data_dir: str | None = None
+    # the client's own data (dataset "own"): a folder of images, a CSV/JSONL of texts, or features
+    data: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    image_size: int = 160
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    cache_dir: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +56,8 @@ DATASET_DEFAULTS: dict[str, dict] = {
 
 def config_for(dataset: str, **overrides: object) -> HetalConfig:
     """HetalConfig with the dataset's defaults, then ``overrides`` (None values ignored)."""
+    if dataset == "own":
+        return HetalConfig(dataset="own", **{k: v for k, v in overrides.items() if v is not None})
     if dataset not in DATASET_DEFAULTS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASET_DEFAULTS)}")
     values = {**DATASET_DEFAULTS[dataset], **{k: v for k, v in overrides.items() if v is not None}}
@@ -54,7 +65,8 @@ def config_for(dataset: str, **overrides: object) -> HetalConfig:
 
 
 _RUN_OPTIONS = ("preset", "batch_size", "lr", "epochs", "patience", "optimizer", "softmax", "n_train", "n_val",
-                "n_test", "max_steps", "data_dir", "seed")
+                "n_test", "max_steps", "data_dir", "seed", "backend")
+_OWN_OPTIONS = ("data", "text_column", "label_column", "image_size", "val_fraction", "test_fraction", "cache_dir")
 
 
 def add_config_arguments(ap: argparse.ArgumentParser, default_dataset: str) -> None:
@@ -74,8 +86,49 @@ def add_config_arguments(ap: argparse.ArgumentParser, default_dataset: str) -> N
     ap.add_argument("--max-steps", type=int, help="batches per epoch at most (benchmarks)")
     ap.add_argument("--data-dir", help="SNIPS directory (train.txt, dev.txt, test.txt)")
     ap.add_argument("--seed", type=int)
+    ap.add_argument("--backend", choices=["seal", "plain"],
+                    help="'plain': the unencrypted slot backend with the same op counts (tests; a server needs "
+                         "--allow-plain-backend)")
+    own = ap.add_argument_group("your own data (instead of --dataset)")
+    own.add_argument("--data", help="a folder with one subfolder of images per class, a CSV/TSV/JSONL of texts "
+                                    "with a label column, or features (.npz, .csv, .pt)")
+    own.add_argument("--text-column", help="the texts' column (default: text, utterance, sentence, ...)")
+    own.add_argument("--label-column", help="the labels' column (default: label, class, intent, ...)")
+    own.add_argument("--image-size", type=int, help="images are resized to this square size (default 160)")
+    own.add_argument("--val-fraction", type=float, help="validation share (default 0.1)")
+    own.add_argument("--test-fraction", type=float, help="test share (default 0.2)")
+    own.add_argument("--cache-dir", help="where extracted features are cached (default ~/.cache/encrypted_torch)")
 
 
 def config_from_args(args: argparse.Namespace) -> HetalConfig:
     """HetalConfig from options added by ``add_config_arguments`` (unset ones keep the dataset's defaults)."""
-    return config_for(args.dataset, **{name: getattr(args, name) for name in _RUN_OPTIONS})
+    return resolve_config(args)[0]
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[HetalConfig, Any, str]:
+    """(config, own data's scan or None, the settings explained): ``--data`` gets defaults scaled to the data
+    (``hetal.defaults``), each printed with its reason or the option that overrode it."""
+    given = {name: getattr(args, name, None) for name in _RUN_OPTIONS + _OWN_OPTIONS}
+    if given["data"] is None:
+        cfg = config_for(args.dataset, **{k: given[k] for k in _RUN_OPTIONS})
+        return cfg, None, ""
+    from ..datasets.own_data import check_preset, scan_data
+    from .defaults import explain, suggest
+
+    summary = scan_data(given["data"], text_column=given["text_column"], label_column=given["label_column"],
+                        image_size=given["image_size"] or 160)
+    val = given["val_fraction"] if given["val_fraction"] is not None else 0.1
+    test = given["test_fraction"] if given["test_fraction"] is not None else 0.2
+    suggested = suggest(summary.num_samples, len(summary.classes), val, test)
+    values = {k: s.value for k, s in suggested.items()}
+    overridden = {k for k, v in given.items() if v is not None and k in values}
+    values.update({k: v for k, v in given.items() if v is not None})
+    cfg = config_for("own", **values)
+    check_preset(len(summary.classes), cfg.preset)
+    shown = {k: getattr(cfg, k) for k in ("preset", "batch_size", "lr", "epochs", "patience", "val_fraction",
+                                          "test_fraction", "seed")}
+    head = (f"{summary.kind} from {summary.path}: {summary.num_samples} samples, {len(summary.classes)} classes "
+            f"({', '.join(f'{c}: {n}' for c, n in list(summary.counts.items())[:8])}"
+            f"{', ...' if len(summary.classes) > 8 else ''}), "
+            f"{summary.num_features} features{' from ' + summary.backbone if summary.backbone else ''}")
+    return cfg, summary, head + "\n" + explain(shown, suggested, overridden)

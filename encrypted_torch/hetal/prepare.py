@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from ..approx.softmax import SoftmaxConfig
 from ..ckks.secret import SecretContext
 from ..client.key_owner import KeyOwner
 from ..client.policy import plan_job
@@ -25,6 +24,7 @@ from ..tensor.enctensor import EncTensor
 from ..tensor.layout import next_pow2
 from ..training.early_stopping import EarlyStopping
 from ..training.job import build_hetal_linear, validate_job
+from ..training.job import softmax_config as job_softmax_config
 from ..training.trainer import FitResult, Trainer
 from ..training.unit_choice import choose_unit
 from .config import HetalConfig
@@ -40,9 +40,22 @@ def load_features(cfg: HetalConfig) -> Any:
         splits = datasets.load_mnist_features(seed=cfg.seed, **_sizes(cfg))
     elif cfg.dataset == "snips":
         splits = datasets.load_snips_features(data_dir=cfg.data_dir, seed=cfg.seed, **_sizes(cfg, "max_"))
+    elif cfg.dataset == "own":
+        splits = load_own(cfg).splits
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
     return splits
+
+
+def load_own(cfg: HetalConfig, progress: bool = True) -> Any:
+    """The client's own data (``cfg.data``) as ``datasets.own_data.OwnData``: features, splits, backbone."""
+    from ..datasets.own_data import load_own_data
+
+    if cfg.data is None:
+        raise ValueError("dataset 'own' needs cfg.data: a folder of images, a CSV/JSONL of texts or features")
+    return load_own_data(cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                         text_column=cfg.text_column, label_column=cfg.label_column, image_size=cfg.image_size,
+                         cache_dir=cfg.cache_dir, progress=progress)
 
 
 def _sizes(cfg: HetalConfig, prefix: str = "n_") -> dict[str, int]:
@@ -56,12 +69,19 @@ def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     Unit rows bound each step's change of the logits by 2·lr, which keeps them well inside the
     softmax's input domain; the plaintext twin sees the same features.
     """
-    mean, std = train.double().mean(0), train.double().std(0).clamp_min(1e-6)
-    out = []
-    for t in (train, *others):
-        z = (t.double() - mean) / std
-        out.append(z / z.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    return out
+    mean, std = normalisation_stats(train)
+    return [normalise_with(t, mean, std) for t in (train, *others)]
+
+
+def normalisation_stats(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training features' column mean and standard deviation (float64), which inference reuses."""
+    return train.double().mean(0), train.double().std(0).clamp_min(1e-6)
+
+
+def normalise_with(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Standardise ``x`` with the training statistics, then scale each row to unit norm (as training saw it)."""
+    z = (x.double() - mean) / std
+    return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def rotation_steps(unit: tuple[int, int], num_classes: int) -> list[int]:
@@ -119,6 +139,8 @@ class PreparedRun:
     train_plain: tuple[torch.Tensor, torch.Tensor] | None = None
     val_plain: tuple[torch.Tensor, torch.Tensor] | None = None
     init_plain: torch.Tensor | None = None
+    # what inference needs besides the weights: class names, backbone, the training normalisation
+    inference: dict[str, Any] | None = None
 
     def job(self, checkpoint_every: int = 1) -> dict[str, Any]:
         """The training job to submit to the server."""
@@ -131,6 +153,10 @@ class PreparedRun:
 
 def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | None = None) -> PreparedRun:
     """Load and normalise features, make keys (unless given), encrypt both sets and the initial model."""
+    backbone = None
+    if splits is None and cfg.dataset == "own":
+        own = load_own(cfg)
+        splits, backbone = own.splits, {**own.backbone, "skipped": len(own.summary.skipped)}
     splits = splits if splits is not None else load_features(cfg)
     data = encrypt_splits(cfg, splits, backend=cfg.backend, secret=secret)
     owner, d, c = data.owner, data.features, data.classes
@@ -138,8 +164,14 @@ def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | 
     model = Linear(d, c, init=cfg.init)
     init_plain = model.packed_plain().clone()
     model.encrypt(owner.public_context, unit=data.train.unit)
+    mean, std = normalisation_stats(splits.train[0])
+    inference = {"classes": list(getattr(splits, "classes", [str(i) for i in range(c)])),
+                 "backbone": backbone or {"kind": "features", "name": cfg.dataset, "num_features": d},
+                 "normalisation": {"mean": mean, "std": std, "unit_rows": True},
+                 "splits": {"train": len(splits.train[1]), "val": len(splits.val[1]), "test": len(splits.test[1]),
+                            "seed": cfg.seed}}
     return PreparedRun(cfg, owner.secret, owner, data.train, data.val, {"weight_bias": model.weight_bias.detach()},
-                       data.test_plain, d, c, data.train_plain, data.val_plain, init_plain)
+                       data.test_plain, d, c, data.train_plain, data.val_plain, init_plain, inference)
 
 
 def train_in_process(prep: PreparedRun, key_owner: KeyOwner | None = None, *,
@@ -148,7 +180,7 @@ def train_in_process(prep: PreparedRun, key_owner: KeyOwner | None = None, *,
     job = validate_job(prep.job(), {"hetal-linear": build_hetal_linear})
     owner = key_owner or prep.key_owner
     owner.expect(plan_job(owner.public_context, job, prep.init, prep.train, prep.val),  # as a remote run does
-                 softmax_config=SoftmaxConfig.preset(job["softmax"]))
+                 softmax_config=job_softmax_config(job))
     model, optimizer, criterion = build_hetal_linear(owner.public_context, job, prep.init, prep.train.unit)
     loader = StreamingLoader(prep.train, shuffle=True, seed=job["seed"], max_steps=job["max_steps"])
     result = Trainer(model, optimizer, owner, criterion, progress=progress).fit(loader, prep.val, job["epochs"])
