@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..executors import cli as executor_cli
 from .config import add_config_arguments, config_from_args
 from .pipeline import run
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(ap, default_dataset="mnist")
     ap.add_argument("--json", type=Path, help="also write the report as JSON here")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    args = executor_cli.parse_args(ap, argv)  # adds and applies --executor, --ray-address
     cfg = config_from_args(args)
     print(f"HETAL on {cfg.dataset}: preset={cfg.preset} batch={cfg.batch_size} lr={cfg.lr} "
           f"epochs≤{cfg.epochs} patience={cfg.patience} optimizer={cfg.optimizer}", flush=True)

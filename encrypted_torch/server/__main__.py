@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from ..errors import EncTorchError
+from ..executors import cli as executor_cli
 from ..protocol.auth import read_token
 from .app import ServerConfig, TrainingServer
 from .job import Builder
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None, builders: dict[str, Builder] | None = No
     ap.add_argument("--certfile", type=Path, help="TLS certificate chain (PEM): serve wss://")
     ap.add_argument("--keyfile", type=Path, help="TLS private key (PEM), if not in --certfile")
     ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
+    args = executor_cli.parse_args(ap, argv)  # adds and applies --executor, --ray-address
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
