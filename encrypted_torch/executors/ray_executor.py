@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import pickle
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -47,6 +48,8 @@ class TransferStats:
     refresh_bytes: int = 0  # refresh requests and answers
     maps: int = 0
     tasks: int = 0
+    context_loads: int = 0  # worker processes that loaded a public context for a share
+    workers: set[tuple[str, int]] = field(default_factory=set)  # (node id, pid) that ran shares
 
     @property
     def total(self) -> int:
@@ -125,7 +128,9 @@ class RayExecutor(Executor):
         self.stats.tasks += len(tasks)
         outputs = self._collect(ctx, call, tasks, mailbox, refresher)
         results = []
-        for records, payloads, ops in outputs:
+        for records, payloads, ops, (node, pid, loaded) in outputs:
+            self.stats.workers.add((node, pid))
+            self.stats.context_loads += loaded
             self.stats.result_bytes += sum(map(len, payloads))
             results.append(cipher_codec.load(ctx, records, payloads, what="worker ciphertext", error=WorkerError))
             for counts in counters.active():
@@ -263,16 +268,18 @@ _FUNCTION: list[Any] = []  # [map id, function]: the last map's function, unpick
 _KEEP_CONTEXTS = 2
 
 
-def _worker_context(fingerprint: str, ref: Any) -> PublicContext:
+def _worker_context(fingerprint: str, ref: Any) -> tuple[PublicContext, bool]:
+    """The context (from this process's cache, else the object store) and whether it was loaded now."""
     ctx = _CONTEXTS.get(fingerprint)
-    if ctx is None:
-        ctx = PublicContext.from_bytes(ray.get(ref))
-        if ctx.fingerprint != fingerprint:
-            raise WorkerError("the public context in the object store has another fingerprint")
-        while len(_CONTEXTS) >= _KEEP_CONTEXTS:
-            _CONTEXTS.pop(next(iter(_CONTEXTS)))
-        _CONTEXTS[fingerprint] = ctx
-    return ctx
+    if ctx is not None:
+        return ctx, False
+    ctx = PublicContext.from_bytes(ray.get(ref))
+    if ctx.fingerprint != fingerprint:
+        raise WorkerError("the public context in the object store has another fingerprint")
+    while len(_CONTEXTS) >= _KEEP_CONTEXTS:
+        _CONTEXTS.pop(next(iter(_CONTEXTS)))
+    _CONTEXTS[fingerprint] = ctx
+    return ctx, True
 
 
 def _worker_function(call: str, ctx: PublicContext, ref: Any) -> Any:
@@ -298,12 +305,13 @@ class _MailboxRefresher:
 
 @ray.remote
 def _run_share(call: str, share_index: int, fingerprint: str, context_box: list[Any], function_box: list[Any],
-               share: bytes, mailbox: Any) -> tuple[list[list[Any]], list[bytes], counters.OpCounts]:
-    """One share in a worker process: its ciphertexts as records and bytes, and the ops it ran."""
-    ctx = _worker_context(fingerprint, context_box[0])
+               share: bytes, mailbox: Any) -> tuple[list[list[Any]], list[bytes], counters.OpCounts, Any]:
+    """One share in a worker process: its ciphertexts as records and bytes, the ops it ran, and where
+    it ran (node, pid, whether the context was loaded for it)."""
+    ctx, loaded = _worker_context(fingerprint, context_box[0])
     fn = _worker_function(call, ctx, function_box[0])
     refresher = _MailboxRefresher(ctx, mailbox, call, share_index) if mailbox is not None else None
     with refresh_with(refresher), counters.count_ops() as ops:
         out = fn(pickle.loads(share))  # our own driver's bytes
     records, payloads = cipher_codec.dump(ctx, out)
-    return records, payloads, ops
+    return records, payloads, ops, (ray.get_runtime_context().get_node_id(), os.getpid(), loaded)
