@@ -64,3 +64,7 @@ class JobPolicyError(EncTorchError):
     """The server asked the key owner for something the client's own copy of the job does not plan
     (an unplanned refresh, a verdict beyond the job's epochs or after a stop, logits of the wrong
     shape). The key owner ends the job: a refusal cannot be queried again."""
+
+
+class KeyOwnerRequiredError(KeyRoleError):
+    """An op needs the key owner's help (the exact softmax) and none is reachable from here."""

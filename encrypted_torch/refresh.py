@@ -83,10 +83,13 @@ def level_policy() -> LevelPolicy:
     return LevelPolicy(refreshes=_current.get() is not None)
 
 
-def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str) -> list[Cipher]:
+def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str, *, only: bool = False) -> list[Cipher]:
     """Return ``ciphers`` with at least ``levels`` levels each, refreshing only those short of it.
 
-    Raises DepthError naming the op when a refresh is needed and no refresher is active.
+    ``only=True``: the caller uses exactly ``levels`` levels of what it gets (it mod-switches the
+    rest away, as the matrix products do), so a refresh may come back at level ``levels`` instead of
+    the top: the same values, cheaper to make, send and use. Raises DepthError naming the op when a
+    refresh is needed and no refresher is active.
     """
     short = [i for i, c in enumerate(ciphers) if c.level < levels]
     if not short:
@@ -94,7 +97,7 @@ def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str) -> list[Ciphe
     refresher = _current.get()
     if refresher is None:
         raise DepthError(op, levels, min(ciphers[i].level for i in short))
-    fresh = refresh_stage(refresher, [ciphers[i] for i in short], op)
+    fresh = refresh_stage(refresher, [ciphers[i] for i in short], op, level=levels if only else None)
     out = list(ciphers)
     for i, c in zip(short, fresh, strict=True):
         if c.level < levels:
@@ -104,16 +107,22 @@ def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str) -> list[Ciphe
     return out
 
 
-def refresh_stage(refresher: Refresher, ciphers: Sequence[Cipher], stage: str) -> list[Cipher]:
-    """``refresher.refresh(ciphers, stage=stage)``, or without the stage where it takes none."""
-    if _takes_stage(type(refresher)):
-        return refresher.refresh(ciphers, stage=stage)  # type: ignore[call-arg]
-    return refresher.refresh(ciphers)
+def refresh_stage(refresher: Refresher, ciphers: Sequence[Cipher], stage: str,
+                  level: int | None = None) -> list[Cipher]:
+    """``refresher.refresh(ciphers, stage=stage, level=level)``, leaving out the keywords a refresher
+    does not take (``level``: the lowest level the caller accepts back; None or no keyword: the top)."""
+    takes = _keywords(type(refresher))
+    kwargs: dict[str, object] = {}
+    if "stage" in takes:
+        kwargs["stage"] = stage
+    if "level" in takes and level is not None:
+        kwargs["level"] = level
+    return refresher.refresh(ciphers, **kwargs)  # type: ignore[call-arg]
 
 
 @lru_cache(maxsize=64)
-def _takes_stage(cls: type) -> bool:
+def _keywords(cls: type) -> frozenset[str]:
     try:
-        return "stage" in inspect.signature(cls.refresh).parameters
+        return frozenset(inspect.signature(cls.refresh).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()

@@ -103,16 +103,41 @@ class SealKeyOwner:
         self.decryptor.decrypt(handle, pt)
         return np.asarray(self.encoder.decode_complex(pt))
 
-    def encrypt_symmetric(self, values: np.ndarray, scale: float) -> Any:
-        """Encrypt at the top level with the secret key: half the work of a public-key encryption
-        (10.5 against 22.8 ms at N=16384) and less noise. For refreshes, which only the key owner runs."""
+    def encrypt_symmetric(self, values: np.ndarray, scale: float, level: int | None = None) -> Any:
+        """Encrypt with the secret key (at the top level by default): half the work of a public-key
+        encryption (10.5 against 22.8 ms at N=16384) and less noise. For refreshes, which only the key owner runs."""
+        ct = seal.Ciphertext(self.context)
+        self._symmetric_encryptor().encrypt_symmetric(self._encode_at(values, scale, level), ct)
+        return ct
+
+    def encrypt_symmetric_seeded(self, values: np.ndarray, scale: float, level: int | None = None) -> bytes:
+        """The bytes of a secret-key encryption in SEAL's seeded form: the second polynomial is sent as
+        the seed that generates it, so about half the bytes; ``load`` on the other side expands it."""
+        return _dump(self._symmetric_encryptor().encrypt_symmetric(self._encode_at(values, scale, level)))
+
+    def _symmetric_encryptor(self) -> Any:
         if self._symmetric is None:
             self._symmetric = seal.Encryptor(self.context, self.secret_key)
-        pt, ct = seal.Plaintext(), seal.Ciphertext(self.context)
+        return self._symmetric
+
+    def _encode_at(self, values: np.ndarray, scale: float, level: int | None) -> Any:
+        pt = seal.Plaintext()
         data = values.tolist() if np.iscomplexobj(values) and np.any(values.imag) else np.real(values).tolist()
-        self.encoder.encode(data, scale, pt)
-        self._symmetric.encrypt_symmetric(pt, ct)
-        return ct
+        if level is None:
+            self.encoder.encode(data, scale, pt)
+        else:
+            self.encoder.encode(data, _parms_id_at(self.context, level), scale, pt)
+        return pt
+
+
+def _parms_id_at(context: Any, level: int) -> Any:
+    """The parms_id of the data level ``level`` (chain index) of a SEAL context."""
+    data = context.first_context_data()
+    while data is not None and data.chain_index() != level:
+        data = data.next_context_data()
+    if data is None:
+        raise ValueError(f"no level {level} in this context's modulus chain")
+    return data.parms_id()
 
 
 class SealBackend(Backend):

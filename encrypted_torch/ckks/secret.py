@@ -100,25 +100,74 @@ class SecretContext:
         return decrypt_with(self)
 
     def refresh(self, ciphers: Sequence[Cipher],
-                inspect: Callable[[list[np.ndarray]], None] | None = None) -> list[Cipher]:
-        """Decrypt and re-encrypt at the top level; nothing else (a refresh is the identity).
+                inspect: Callable[[list[np.ndarray]], None] | None = None,
+                level: int | None = None) -> list[Cipher]:
+        """Decrypt and re-encrypt at ``level`` (default: the top); nothing else (a refresh is the identity).
 
         ``inspect`` sees the decrypted slot vectors before anything is re-encrypted (the key owner's
-        domain guard); whatever it raises stops the refresh."""
-        ev = self.public().evaluator
-        symmetric = self._owner.encrypt_symmetric if self._owner.symmetric_encryption else None
+        domain guard); whatever it raises stops the refresh. A consumer that needs only a few levels
+        asks for them: a lower fresh encryption is cheaper to make, send and use, and reveals no more."""
+        decrypted = self._decrypt_for_refresh(ciphers, inspect)
+        out = self.encrypt_vectors(decrypted, level)
+        for c in ciphers:
+            counters.record("refreshes", level=c.level)
+        return out
+
+    def refresh_payloads(self, ciphers: Sequence[Cipher],
+                         inspect: Callable[[list[np.ndarray]], None] | None = None, level: int | None = None,
+                         seeded: bool = True) -> tuple[list[list[Any]], list[bytes]]:
+        """``refresh`` straight to bytes for the wire: ``cipher_codec`` records and payloads, in SEAL's
+        seeded form (about half the bytes) when ``seeded`` and the backend has it."""
+        decrypted = self._decrypt_for_refresh(ciphers, inspect)
+        out = self.encrypt_payloads(decrypted, level, seeded)
+        for c in ciphers:
+            counters.record("refreshes", level=c.level)
+        return out
+
+    def _decrypt_for_refresh(self, ciphers: Sequence[Cipher],
+                             inspect: Callable[[list[np.ndarray]], None] | None) -> list[np.ndarray]:
         decrypted = [self.decrypt_vector(c) for c in ciphers]
         if inspect is not None:
             inspect(decrypted)
+        return decrypted
+
+    def _level(self, level: int | None) -> int:
+        top = self.params.levels
+        if level is None:
+            return top
+        if not 0 <= level <= top:
+            raise ValueError(f"level {level} outside this context's levels 0..{top}")
+        return int(level)
+
+    def encrypt_vectors(self, vectors: Sequence[np.ndarray], level: int | None = None) -> list[Cipher]:
+        """Fresh encryptions of slot vectors at ``level`` (default: the top), with the secret key where
+        the backend has secret-key encryption (half the work of the public key's)."""
+        ev, level = self.public().evaluator, self._level(level)
         out = []
-        for c, values in zip(ciphers, decrypted, strict=True):
-            values = values if np.any(values.imag) else values.real
-            if symmetric is None:
-                out.append(ev.encrypt(values))
-            else:  # the key owner encrypts with the secret key: half the work of the public key's
-                out.append(ev.adopt_fresh(symmetric(values, self.params.scale), ev.top_level, self.params.scale))
-            counters.record("refreshes", level=c.level)
+        for values in vectors:
+            values = values if np.any(np.imag(values)) else np.real(values)
+            if self._owner.symmetric_encryption:
+                out.append(ev.adopt_fresh(self._owner.encrypt_symmetric(values, self.params.scale, level),
+                                          level, self.params.scale))
+            else:
+                out.append(ev.encrypt(values, level=level))
         return out
+
+    def encrypt_payloads(self, vectors: Sequence[np.ndarray], level: int | None = None,
+                         seeded: bool = True) -> tuple[list[list[Any]], list[bytes]]:
+        """``encrypt_vectors`` as ``cipher_codec`` records and bytes, seeded where possible."""
+        level = self._level(level)
+        if not (seeded and self._owner.symmetric_encryption):
+            ciphers = self.encrypt_vectors(vectors, level)
+            backend = self.public().backend
+            return [[c.level, c.scale, c.size] for c in ciphers], [backend.handle_to_bytes(c.handle) for c in ciphers]
+        records, payloads = [], []
+        for values in vectors:
+            values = values if np.any(np.imag(values)) else np.real(values)
+            payloads.append(self._owner.encrypt_symmetric_seeded(values, self.params.scale, level))
+            records.append([level, self.params.scale, 2])
+            counters.record("encryptions", level=level)
+        return records, payloads
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise KeyRoleError("pickling a SecretContext would write the secret key wherever the pickle "

@@ -20,13 +20,13 @@ from ..approx.softmax import SoftmaxConfig
 from ..ckks.evaluator import Cipher
 from ..ckks.params import CKKSParams
 from ..ckks.secret import SecretContext
-from ..data.dataset import EncDataset
+from ..data.dataset import EncDataset, KeptLabels
 from ..errors import DomainError, ShapeError
 from ..functional.domain import StageBounds, stage_bounds
 from ..tensor.enctensor import EncTensor, encrypt
 from ..training.early_stopping import EarlyStopping
 from ..training.key_owner_link import EpochVerdict
-from ..training.refresh_plan import RefreshPlan
+from ..training.refresh_plan import KEY_OWNER_SOFTMAX, RefreshPlan
 from .encrypt_data import encrypt_batches
 from .policy import KeyOwnerPolicy
 
@@ -49,7 +49,8 @@ class KeyOwner:
         self.past_jobs: list[list[dict[str, float]]] = []
         self.num_classes: int | None = None
         self.unit: tuple[int, int] | None = None  # the block shape all its data sets share
-        self._val_labels: dict[str, torch.Tensor] = {}
+        self._val_labels: dict[str, torch.Tensor] = {}  # labels kept here, by data set, in batch order
+        self._batch_sizes: dict[str, int] = {}
         self._best: dict[str, torch.Tensor] | None = None
         self._layouts: dict[str, Any] = {}
 
@@ -116,13 +117,24 @@ class KeyOwner:
         self.unit = self.unit or ds.unit
         if keep_labels:
             self._val_labels[name] = torch.as_tensor(labels, dtype=torch.int64)[order]
+            self._batch_sizes[name] = batch_size
         self.num_classes = num_classes
         return ds
 
-    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
-        """Fresh encryptions of ``ciphers`` if the job plans them, after the domain guard has seen
-        the decrypted values (DomainError ends the job: the model would be silently wrong)."""
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None) -> list[Cipher]:
+        """Fresh encryptions of ``ciphers`` (at ``level``, default the top) if the job plans them, after
+        the domain guard has seen the decrypted values (DomainError ends the job: the model would be
+        silently wrong)."""
         self.policy.check_refresh(stage, [c.level for c in ciphers])
+        return self.secret.refresh(ciphers, inspect=self._inspector(stage), level=level)
+
+    def refresh_payloads(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None,
+                         seeded: bool = True) -> tuple[list[list[Any]], list[bytes]]:
+        """``refresh`` straight to wire bytes (``cipher_codec`` records and payloads), seeded: half the bytes."""
+        self.policy.check_refresh(stage, [c.level for c in ciphers])
+        return self.secret.refresh_payloads(ciphers, inspect=self._inspector(stage), level=level, seeded=seeded)
+
+    def _inspector(self, stage: str) -> Any:
         guard = self._guard()
 
         def inspect(values: list[np.ndarray]) -> None:
@@ -131,7 +143,49 @@ class KeyOwner:
             except DomainError as err:
                 raise self.policy.end(err) from None
 
-        return self.secret.refresh(ciphers, inspect=inspect)
+        return inspect
+
+    def kept_labels(self, ref: KeptLabels) -> torch.Tensor:
+        """The class indices of batch ``ref.index`` of a set encrypted with ``keep_labels=True``."""
+        labels, size = self._val_labels.get(ref.dataset), self._batch_sizes.get(ref.dataset)
+        if labels is None or size is None:
+            raise self.policy.refuse(f"labels of data set {ref.dataset!r}, which this key owner did not keep")
+        if not 0 <= ref.index * size < len(labels):
+            raise self.policy.refuse(f"labels of batch {ref.index} of {ref.dataset!r}, which has "
+                                     f"{-(-len(labels) // size)} batches")
+        out = labels[ref.index * size : (ref.index + 1) * size]
+        if len(out) != ref.rows:
+            raise self.policy.refuse(f"batch {ref.index} of {ref.dataset!r} with {ref.rows} rows; it has {len(out)}")
+        return out
+
+    def softmax_gradient(self, logits: EncTensor, labels: KeptLabels, level: int | None = None) -> EncTensor:
+        """Fresh encryption of (softmax(z) − Y)/b, in the logits' layout at ``level`` (default: the top),
+        from the decrypted logits z of a training batch and the labels kept for it: the exact-softmax
+        protocol (``nn.KeyOwnerCrossEntropyLoss``). Counted against the job's plan like a refresh."""
+        def encrypt_blocks(vectors: list[np.ndarray]) -> EncTensor:
+            blocks = self.secret.encrypt_vectors(vectors, level)
+            n_b = logits.layout.grid[1]
+            return logits._new([blocks[i : i + n_b] for i in range(0, len(blocks), n_b)])
+
+        return self._gradient(logits, labels, level, encrypt_blocks)
+
+    def softmax_gradient_payloads(self, logits: EncTensor, labels: KeptLabels, level: int | None = None,
+                                  seeded: bool = True) -> tuple[list[list[Any]], list[bytes]]:
+        """``softmax_gradient`` straight to wire bytes, seeded: the records and payloads of its blocks."""
+        return self._gradient(logits, labels, level,
+                              lambda vectors: self.secret.encrypt_payloads(vectors, level, seeded))
+
+    def _gradient(self, logits: EncTensor, labels: KeptLabels, level: int | None, encrypt_blocks: Any) -> Any:
+        layout = logits.layout
+        if layout.tiling != "horizontal" or layout.shape != (labels.rows, self.num_classes or -1):
+            raise self.policy.refuse(f"logits of {layout.describe()} for a batch of {labels.rows} rows and "
+                                     f"{self.num_classes} classes")
+        self.policy.check_refresh(KEY_OWNER_SOFTMAX, [c.level for c in logits.ciphers()])
+        y = self.kept_labels(labels)
+        z = self.secret.decrypt(logits)
+        grad = (torch.softmax(z, dim=1) - torch.nn.functional.one_hot(y, layout.shape[1]).double()) / labels.rows
+        packed = layout.pack(grad.numpy())
+        return encrypt_blocks([packed[i, j] for i in range(packed.shape[0]) for j in range(packed.shape[1])])
 
     def _guard(self) -> StageBounds:
         classes = self.num_classes or 2
@@ -198,6 +252,7 @@ class KeyOwner:
                 "best": best,
                 "layouts": {k: layout for k, (layout, _) in self._layouts.items()},
                 "val_labels": {k: v.clone() for k, v in self._val_labels.items()},
+                "batch_sizes": dict(self._batch_sizes),
                 "policy": self.policy.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -207,6 +262,7 @@ class KeyOwner:
         self._best = None if state["best"] is None else {k: v.clone() for k, v in state["best"].items()}
         self._layouts = {k: (layout, self.public_context) for k, layout in state["layouts"].items()}
         self._val_labels = {k: v.clone() for k, v in state["val_labels"].items()}
+        self._batch_sizes = {str(k): int(v) for k, v in state.get("batch_sizes", {}).items()}
         if "policy" in state:
             self.policy.load_state_dict(state["policy"])
 

@@ -31,7 +31,6 @@ import torch
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
-from ..approx.softmax import SoftmaxConfig
 from ..ckks import serialize
 from ..data.dataset import EncDataset
 from ..errors import DomainError, EncTorchError, JobPolicyError, SerializationError
@@ -65,6 +64,7 @@ from ..storage.dataset import Manifest, read_manifest, write_dataset
 from ..storage.errors import StorageError
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
+from ..training.job import softmax_config as job_softmax_config
 from ..training.refresh_plan import RefreshPlan
 from .key_owner import KeyOwner
 from .policy import plan_job, replay_steps
@@ -233,7 +233,7 @@ class RemoteSession:
             policy_state = owner.policy.state_dict()
             owner.expect(plan_job(self.ctx, job, init_model, train, self._manifests["val"], builders),
                          replay_steps=replay_steps(job, train),
-                         softmax_config=SoftmaxConfig.preset(job.get("softmax", "default")))
+                         softmax_config=job_softmax_config(job))
             owner.policy.load_state_dict(policy_state)  # verdicts already given (a restarted client)
         if owner.num_classes is None and "train" in self._manifests:
             owner.num_classes = self._manifests["train"].num_classes
@@ -352,8 +352,9 @@ def _flatten_owner(state: dict[str, Any], prefix: str, sections: dict[str, bytes
            "best": None if best is None else {k: put(f"best.{k}", v) for k, v in best.items()},
            "layouts": {k: [list(v.shape), list(v.unit), v.tiling] for k, v in state["layouts"].items()},
            "val_labels": {k: put(f"labels.{k}", v) for k, v in state["val_labels"].items()}}
-    if "policy" in state:
-        out["policy"] = state["policy"]
+    for key in ("policy", "batch_sizes"):
+        if key in state:
+            out[key] = state[key]
     return out
 
 
@@ -399,8 +400,9 @@ def _restore_owner(meta: Any, sections: dict[str, bytes], early_stopping_keys: s
 
     meta = names(meta, "the key owner's state")
     required = {"early_stopping", "history", "best", "layouts", "val_labels"}
-    if not required <= set(meta) <= required | {"policy"}:
-        raise SerializationError(f"the key owner's state must hold {sorted(required)} (and maybe policy)")
+    if not required <= set(meta) <= required | {"policy", "batch_sizes"}:
+        raise SerializationError(f"the key owner's state must hold {sorted(required)} (and maybe policy, "
+                                 "batch_sizes)")
     if not isinstance(meta["history"], list):
         raise SerializationError("history must be a list")
     best = meta["best"]
@@ -411,6 +413,11 @@ def _restore_owner(meta: Any, sections: dict[str, bytes], early_stopping_keys: s
            "val_labels": {k: get(v, f"labels.{k}") for k, v in names(meta["val_labels"], "val_labels").items()}}
     if "policy" in meta:
         out["policy"] = names(meta["policy"], "policy")
+    if "batch_sizes" in meta:
+        sizes = names(meta["batch_sizes"], "batch_sizes")
+        if not all(type(v) is int and 1 <= v <= 1 << 30 for v in sizes.values()):
+            raise SerializationError("batch_sizes must map names to positive whole numbers")
+        out["batch_sizes"] = sizes
     return out
 
 

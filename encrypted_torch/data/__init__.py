@@ -1,5 +1,5 @@
 """Encrypted datasets and loaders (server side)."""
 
-from .dataset import DataLoader, EncBatch, EncDataset
+from .dataset import DataLoader, EncBatch, EncDataset, KeptLabels
 
-__all__ = ["DataLoader", "EncBatch", "EncDataset"]
+__all__ = ["DataLoader", "EncBatch", "EncDataset", "KeptLabels"]

@@ -14,16 +14,36 @@ from ..errors import ShapeError
 from ..tensor.enctensor import EncTensor
 
 
+@dataclass(frozen=True)
+class KeptLabels:
+    """A training batch's labels that stayed with the key owner (``keep_labels=True``): which set,
+    which batch of it, how many rows. The exact-softmax loss sends it with the batch's logits."""
+
+    dataset: str
+    index: int
+    rows: int
+
+
 @dataclass
 class EncBatch:
-    """One minibatch: encrypted features ``x`` (rows × features), labels ``y`` (rows × classes)."""
+    """One minibatch: encrypted features ``x`` (rows × features), labels ``y`` (rows × classes);
+    ``index`` (its place in ``dataset``) names its labels when they stayed with the key owner."""
 
     x: EncTensor
     y: EncTensor | None
     rows: int
+    index: int = -1
+    dataset: str = ""
 
     def __iter__(self) -> Iterator[EncTensor | None]:
         return iter((self.x, self.y))
+
+    @property
+    def kept_labels(self) -> KeptLabels | None:
+        """The reference to this batch's labels at the key owner, if it has no encrypted ones."""
+        if self.y is not None or self.index < 0:
+            return None
+        return KeptLabels(self.dataset, self.index, self.rows)
 
 
 class BatchedRows:
@@ -56,6 +76,10 @@ class EncDataset(BatchedRows):
     def __post_init__(self) -> None:
         if not self.batches:
             raise ShapeError("an EncDataset needs at least one batch")
+        if isinstance(self.batches, list):  # in memory: each batch learns its place (disk sets load it)
+            for i, b in enumerate(self.batches):
+                if b.index < 0:
+                    b.index, b.dataset = i, self.name
 
     def __len__(self) -> int:
         return len(self.batches)

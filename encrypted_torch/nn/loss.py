@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional import cross_entropy
+from ..functional.key_owner_softmax import key_owner_cross_entropy
 from ..tensor.enctensor import EncTensor
 from .module import Module
 
@@ -32,3 +33,19 @@ class CrossEntropyLoss(Module):
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
+
+
+class KeyOwnerCrossEntropyLoss(Module):
+    """Mean cross-entropy with the exact softmax, evaluated by the key owner (opt-in protocol).
+
+    ``criterion(logits, batch.kept_labels).backward()`` sets the logits' grad to a fresh encryption
+    of (softmax(logits) − Y)/b made by the key owner from the labels it kept: one round trip per
+    step instead of HETAL's approximate softmax (its levels, refreshes and error). Training sets
+    are encrypted with ``keep_labels=True``; the Trainer passes the batches' ``kept_labels``.
+    Needs an interactive key owner: HETAL's ``CrossEntropyLoss`` is the non-interactive path.
+    """
+
+    labels_stay_with_key_owner = True
+
+    def forward(self, logits: EncTensor, labels: Any) -> Any:
+        return key_owner_cross_entropy(logits, labels)

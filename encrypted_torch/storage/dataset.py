@@ -326,7 +326,7 @@ class DiskDataset(EncDataset):
         y = None
         if entry.y is not None:
             y = self._load(entry.y, BlockLayout((entry.rows, self.num_classes), self.unit, "horizontal"))
-        return EncBatch(x, y, entry.rows)
+        return EncBatch(x, y, entry.rows, i, self.name)
 
     def _load(self, entry: FileEntry, layout: BlockLayout) -> EncTensor:
         path = self.directory / entry.file

@@ -276,8 +276,8 @@ def _subclass(kind: str) -> type[EncTensor]:
 
 
 def encrypt(tensor: Any, ctx: Any, *, unit: tuple[int, int] | None = None, tiling: str = "grid",
-            layout: BlockLayout | None = None, requires_grad: bool = False) -> EncTensor:
-    """Encrypt a 2-D tensor (or 1-D, as one row) with the public key.
+            layout: BlockLayout | None = None, requires_grad: bool = False, level: int | None = None) -> EncTensor:
+    """Encrypt a 2-D tensor (or 1-D, as one row) with the public key, at ``level`` (default: the top).
 
     ``unit`` (s0, s1) defaults to the smallest power of two ≥ rows for s0 (HETAL.md §2);
     ``tiling`` is ``"grid"``, ``"vertical"`` (weights) or ``"horizontal"`` (logits).
@@ -301,5 +301,5 @@ def encrypt(tensor: Any, ctx: Any, *, unit: tuple[int, int] | None = None, tilin
         raise ShapeError(f"unit {layout.unit} has {layout.slots} slots; the context has {ctx.slots}")
     packed = layout.pack(t.numpy())
     ev = ctx.evaluator
-    blocks = [[ev.encrypt(packed[i, j]) for j in range(packed.shape[1])] for i in range(packed.shape[0])]
+    blocks = [[ev.encrypt(packed[i, j], level=level) for j in range(packed.shape[1])] for i in range(packed.shape[0])]
     return EncTensor(blocks, layout, ctx, requires_grad=requires_grad)

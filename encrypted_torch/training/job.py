@@ -15,7 +15,7 @@ from typing import Any
 
 from ..approx.softmax import SOFTMAX_PRESETS, SoftmaxConfig
 from ..nn.linear import Linear
-from ..nn.loss import CrossEntropyLoss
+from ..nn.loss import CrossEntropyLoss, KeyOwnerCrossEntropyLoss
 from ..optim import from_name as optim_from_name
 from ..optim.optimizer import EncOptimizer
 from ..protocol.errors import JobConfigError
@@ -24,6 +24,10 @@ from ..tensor.enctensor import EncTensor
 Builder = Callable[[Any, dict[str, Any], dict[str, EncTensor], tuple[int, int]], tuple[Any, EncOptimizer, Any]]
 
 OPTIMIZERS = ("nesterov", "nag", "sgd")
+EXACT_SOFTMAX = "exact"
+"""The job's ``softmax`` for the opt-in protocol: the key owner evaluates the exact softmax
+(``nn.KeyOwnerCrossEntropyLoss``); the training labels stay with it. Any other value names one of
+HETAL's approximations (``SoftmaxConfig.preset``), the default and non-interactive path."""
 _FIELDS: dict[str, tuple[type, ...]] = {
     "model": (str,), "in_features": (int,), "out_features": (int,), "bias": (bool,), "optimizer": (str,),
     "lr": (int, float), "momentum": (int, float), "epochs": (int,), "max_steps": (int, type(None)),
@@ -48,7 +52,8 @@ def validate_job(job: Any, builders: dict[str, Builder]) -> dict[str, Any]:
     checks = [
         (job["model"] in builders, f"unknown model {job['model']!r}; this server builds {sorted(builders)}"),
         (job["optimizer"] in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-        (job["softmax"] in SOFTMAX_PRESETS, f"softmax must be one of {SOFTMAX_PRESETS} (SoftmaxConfig.preset)"),
+        (job["softmax"] in (*SOFTMAX_PRESETS, EXACT_SOFTMAX),
+         f"softmax must be one of {SOFTMAX_PRESETS} (SoftmaxConfig.preset) or {EXACT_SOFTMAX!r} (the key owner's)"),
         (1 <= job["in_features"] <= 1 << 20 and 1 <= job["out_features"] <= 1 << 12, "feature/class counts"),
         (math.isfinite(job["lr"]) and 0 < job["lr"] <= 1e3, "lr must be in (0, 1000]"),
         (math.isfinite(job["momentum"]) and 0 <= job["momentum"] < 1, "momentum must be in [0, 1)"),
@@ -73,7 +78,21 @@ def build_hetal_linear(ctx: Any, job: dict[str, Any], init: dict[str, EncTensor]
     model = Linear(job["in_features"], job["out_features"], bias=job["bias"], init="zeros")
     model.encrypt(ctx, unit=unit)  # public zeros; replaced by the client's initial weights below
     model.load_state_dict(init)
-    return model, make_optimizer(job, model.parameters()), CrossEntropyLoss(SoftmaxConfig.preset(job["softmax"]))
+    return model, make_optimizer(job, model.parameters()), make_criterion(job)
+
+
+def softmax_config(job: dict[str, Any]) -> SoftmaxConfig:
+    """The SoftmaxConfig whose domains the key owner's guard checks for this job (the default's
+    for the exact softmax, which has no domain: only the weights' stages are guarded then)."""
+    name = job.get("softmax", "default")
+    return SoftmaxConfig() if name == EXACT_SOFTMAX else SoftmaxConfig.preset(name)
+
+
+def make_criterion(job: dict[str, Any]) -> Any:
+    """The job's loss: HETAL's approximate softmax cross-entropy, or the key owner's exact one."""
+    if job["softmax"] == EXACT_SOFTMAX:
+        return KeyOwnerCrossEntropyLoss()
+    return CrossEntropyLoss(SoftmaxConfig.preset(job["softmax"]))
 
 
 BUILDERS: dict[str, Builder] = {"hetal-linear": build_hetal_linear}

@@ -21,13 +21,16 @@ from .. import parallel
 from ..ckks.evaluator import Cipher
 from ..ckks.null_backend import null_context
 from ..ckks.public import PublicContext
-from ..data.dataset import EncBatch
+from ..data.dataset import EncBatch, KeptLabels
 from ..tensor.enctensor import EncTensor, encrypt
 from ..tensor.layout import BlockLayout
 from .key_owner_link import EpochVerdict
 from .trainer import Trainer
 
 Build = Callable[[PublicContext], tuple[Any, Any, Any]]
+
+KEY_OWNER_SOFTMAX = "key-owner softmax"
+"""The stage name under which the exact-softmax protocol's gradient requests count (their logits)."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,15 @@ class _Recorder:
         self.ctx = ctx
         self.usage: Counter = Counter()
 
-    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None) -> list[Cipher]:
         for c in ciphers:
             self.usage[(stage, c.level)] += 1
-        return [self.ctx.evaluator.encrypt(0.0) for _ in ciphers]
+        return [self.ctx.evaluator.encrypt(0.0, level=level) for _ in ciphers]
+
+    def softmax_gradient(self, logits: EncTensor, labels: KeptLabels, level: int | None = None) -> EncTensor:
+        for c in logits.ciphers():
+            self.usage[(KEY_OWNER_SOFTMAX, c.level)] += 1
+        return encrypt(torch.zeros(logits.shape), self.ctx, layout=logits.layout, level=level)
 
     def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
                   state: dict[str, EncTensor]) -> EpochVerdict:
@@ -98,6 +106,8 @@ def plan_refreshes(ctx: PublicContext, build: Build, *, unit: tuple[int, int], n
         vals = [EncBatch(encrypt(torch.zeros(r, num_features), null,
                                  layout=BlockLayout((r, num_features), unit, "grid")), None, r) for r in val_rows]
         model, optimizer, criterion = build(null)
+        if getattr(criterion, "labels_stay_with_key_owner", False):
+            y = KeptLabels("train", 0, rows)  # type: ignore[assignment]
         link = _Recorder(null)
         trainer = Trainer(model, optimizer, link, criterion, progress=False)
         epochs_usage, per_step, validation = [], Counter(), Counter()

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from ..autograd.function import no_grad
 from ..ckks.counters import count_ops
 from ..ckks.evaluator import Cipher
-from ..data.dataset import DataLoader, EncBatch, EncDataset
-from ..errors import EncryptionRequiredError, ShapeError
+from ..data.dataset import DataLoader, EncBatch, EncDataset, KeptLabels
+from ..errors import EncryptionRequiredError, KeyOwnerRequiredError, ShapeError
 from ..nn.loss import CrossEntropyLoss
 from ..nn.module import Module
 from ..optim.optimizer import EncOptimizer
@@ -93,9 +93,18 @@ class _TimedRefresher:
     def __init__(self, link: KeyOwnerLink) -> None:
         self.link = link
 
-    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None) -> list[Cipher]:
         with section("refresh"):
-            return refresh_stage(self.link, ciphers, stage)
+            return refresh_stage(self.link, ciphers, stage, level)
+
+    def softmax_gradient(self, logits: EncTensor, labels: KeptLabels) -> EncTensor:
+        """The key owner's exact (P − Y)/b for these logits (``nn.KeyOwnerCrossEntropyLoss``)."""
+        ask = getattr(self.link, "softmax_gradient", None)
+        if ask is None:
+            raise KeyOwnerRequiredError(f"{type(self.link).__name__} cannot evaluate the softmax; the exact-softmax "
+                                        "loss needs a key owner that can (client.KeyOwner, or a client connected "
+                                        "to the server)")
+        return ask(logits, labels)  # timed as "softmax" by the loss Function
 
 
 class Trainer:
@@ -117,6 +126,8 @@ class Trainer:
         self.result = FitResult()
         self._epoch, self._step, self._epoch_rng = 0, 0, None
         self._resume: dict[str, Any] | None = None
+        # the exact-softmax loss takes the key owner's labels instead of encrypted ones
+        self._labels_stay = bool(getattr(self.criterion, "labels_stay_with_key_owner", False))
 
     def train_step(self, x: EncTensor, y: EncTensor, epoch: int = 0, step: int = 0) -> StepRecord:
         """One step: forward (DiagABT), fused softmax-CE, backward (DiagATB), optimizer update."""
@@ -186,7 +197,7 @@ class Trainer:
             bar = tqdm(_iter_from(loader, skip), total=total, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not self.progress, leave=False)
             for step, batch in enumerate(bar, start=skip):
-                rec = self.train_step(*_unpack(batch, labels=True), epoch, step)
+                rec = self.train_step(*_unpack(batch, labels=True, kept=self._labels_stay), epoch, step)
                 result.steps.append(rec)
                 self._step = step + 1
                 bar.set_postfix(step_s=f"{rec.seconds:.2f}", level=rec.weight_level,
@@ -240,12 +251,18 @@ class Trainer:
                 fn(self, *args)
 
 
-def _unpack(batch: Any, labels: bool = False) -> tuple[EncTensor, EncTensor | None]:
-    """``(x, y)`` of an EncBatch or a pair; typed errors for plaintext or label-less batches."""
+def _unpack(batch: Any, labels: bool = False, kept: bool = False) -> tuple[EncTensor, Any]:
+    """``(x, y)`` of an EncBatch or a pair; typed errors for plaintext or label-less batches.
+    ``kept``: the loss takes labels the key owner kept (an EncBatch's ``kept_labels``)."""
     try:
         x, y = batch
     except (TypeError, ValueError):
         raise ShapeError(f"a batch must be an (x, y) pair of EncTensors, got {type(batch).__name__}") from None
+    if kept and labels:
+        y = batch.kept_labels if isinstance(batch, EncBatch) and y is None else y
+        if not isinstance(y, KeptLabels):
+            raise ShapeError("the exact-softmax loss trains on labels the key owner kept: encrypt the training "
+                             "set with keep_labels=True (its batches then carry no encrypted labels)")
     if not isinstance(x, EncTensor):
         raise EncryptionRequiredError(f"a batch holds a plaintext {type(x).__name__}; encrypt the data "
                                       "first: key_owner.encrypt_dataset(features, labels, ...)")
