@@ -154,6 +154,7 @@ def _private_dir(path: Path) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    board = _tensorboard(args.tensorboard)  # a missing extra fails here, before keys are made
     token = token_from_env_or_file(args.token_file)
     workdir: Path = args.workdir
     if workdir.exists():
@@ -176,7 +177,6 @@ def _run(args: argparse.Namespace) -> int:
         RemoteSession(args.server, token, owner, state_path=state_path, cafile=args.cafile)._save_state()
         atomic_write_json(record_path, record)
     step_seconds: list[float] = []
-    board = _tensorboard(args.tensorboard)
 
     def on_progress(p: Any) -> None:
         print(f"epoch {p.epoch + 1} step {p.step + 1}: {p.info}", flush=True)
