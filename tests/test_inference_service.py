@@ -227,6 +227,40 @@ def test_infer_cli_refuses_a_workdir_without_a_session(tmp_path, capsys, monkeyp
     assert code == 2 and "not a training client's workdir" in capsys.readouterr().err
 
 
+def test_cli_journey_train_then_infer_raw_and_normalised_features(tmp_path, monkeypatch, capsys):
+    """The client CLI trains (plaintext backend), then ``infer`` classifies the workdir's normalised test set
+    and the same samples' raw features (normalised with the workdir's training statistics): same logits,
+    equal to the decrypted model's."""
+    from encrypted_torch.client.__main__ import main as client_main
+    from encrypted_torch.datasets import load_digits_features
+
+    monkeypatch.setenv("ENCRYPTED_TORCH_TOKEN", TOKEN)
+    client = tmp_path / "client"
+    with server_on(tmp_path / "server") as (_, url):
+        assert client_main(["--server", url, "--workdir", str(client), "--dataset", "digits", "--preset", "fast",
+                            "--backend", "plain", "--batch-size", "64", "--epochs", "1", "--max-steps", "2",
+                            "--out", str(tmp_path / "model.pt")]) == 0
+        test = np.load(client / "test.npz")
+        np.savez(tmp_path / "normalised.npz", x=test["x"][:70], y=test["y"][:70])
+        np.savez(tmp_path / "raw.npz", x=load_digits_features(seed=0).test[0][:70].double().numpy())
+        capsys.readouterr()
+        runs = {}
+        for name, extra in (("normalised", ["--normalised"]), ("raw", [])):
+            out = tmp_path / f"{name}.json"
+            code = infer_main(["--server", url, "--workdir", str(client), "--batch-size", "32", "--out", str(out),
+                               *extra, str(tmp_path / f"{name}.npz")])
+            assert code == 0, capsys.readouterr().err
+            runs[name] = json.loads(out.read_text())
+    weights = torch.load(tmp_path / "model.pt")
+    want = torch.from_numpy(test["x"][:70]).double() @ weights["weight"].T + weights["bias"]
+    for name, run in runs.items():
+        got = torch.tensor(run["results"][0]["logits"], dtype=torch.float64)
+        assert (got - want).abs().max().item() < 1e-6, name  # raw: normalised in float64 twice, same statistics
+        assert run["results"][0]["predictions"] == want.argmax(1).tolist()
+        assert run["stats"]["batches"] == 3 and run["stats"]["rows"] == 70
+    assert "accuracy" in runs["normalised"]["results"][0] and len(runs["raw"]["results"][0]["classes"]) == 70
+
+
 # --- SEAL, both CLIs as OS processes ----------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from websockets.exceptions import WebSocketException
 
 from ..ckks.secret import SecretContext
 from ..errors import EncTorchError, ShapeError
+from ..hetal.prepare import normalise_with
 from ..protocol.errors import ConnectionLostError, ProtocolError, SessionError
 from ..protocol.messages import MAX_INFER_ROWS, InferReply, InferRequest
 from ..storage.atomic import atomic_write_json
@@ -197,8 +198,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cafile", type=Path, help="CA certificate(s) (PEM) that sign a wss:// server's certificate")
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="rows per encrypted request")
     ap.add_argument("--out", type=Path, help="write the predictions (and logits) here as JSON")
+    ap.add_argument("--normalised", action="store_true",
+                    help="the features are already normalised as training saw them (e.g. the workdir's test.npz); "
+                         "by default they are normalised with the training statistics in the workdir's inference.pt")
     ap.add_argument("files", nargs="+", type=Path,
-                    help="features in the model's feature space: .npz/.pt/.csv with an x array (optional y)")
+                    help="feature files (.npz/.pt/.csv with an x array, optional y labels) of the backbone the "
+                         "model was trained on")
     args = ap.parse_args(argv)
     old_umask = os.umask(0o077)  # predictions are the key owner's secrets too
     try:
@@ -234,6 +239,22 @@ def open_trained_session(server: str, workdir: Path, token: bytes, cafile: Path 
     return session, record, tuple(read_manifest(workdir / "data" / "train").unit)
 
 
+def _inference_record(workdir: Path) -> dict[str, Any] | None:
+    """The workdir's inference.pt (classes, backbone, training normalisation), if training wrote one."""
+    path = workdir / "inference.pt"
+    if not path.exists():
+        return None
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True)
+        norm = meta["normalisation"]
+        if not (isinstance(norm["mean"], torch.Tensor) and isinstance(norm["std"], torch.Tensor)):
+            raise TypeError("mean and std must be tensors")
+    except Exception as err:  # a damaged or foreign file: torch.load raises many kinds
+        raise FeatureFileError(f"{path} is not the training client's inference record ({type(err).__name__}); "
+                               "pass --normalised features instead") from None
+    return meta
+
+
 def _run(args: argparse.Namespace) -> int:
     token = token_from_env_or_file(args.token_file)
     inputs = [(path, *read_features(path)) for path in args.files]
@@ -243,7 +264,15 @@ def _run(args: argparse.Namespace) -> int:
         if x.shape[1] != d:
             session.close()
             raise ShapeError(f"{path}: {x.shape[1]} features; the model was trained on {d}")
-    classes = record.get("classes")
+    meta = _inference_record(args.workdir)
+    if not args.normalised:
+        if meta is None:
+            session.close()
+            raise SessionError(f"{args.workdir} keeps no training normalisation (inference.pt): pass features "
+                               "normalised as training saw them, with --normalised")
+        norm = meta["normalisation"]
+        inputs = [(p, normalise_with(x, norm["mean"], norm["std"]), y) for p, x, y in inputs]
+    classes = None if meta is None else meta.get("classes")
     inference = EncryptedInference(session, unit, batch_size=args.batch_size,
                                    num_classes=int(record["job"]["out_features"]))
     results = []
