@@ -189,8 +189,8 @@ class Relay:
         try:
             # a reset on either side ends the connection; a clean EOF each way ends it too
             await asyncio.gather(*pumps)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # a reset on either side, or the relay closing
         finally:
             for p in pumps:
                 p.cancel()
