@@ -126,13 +126,21 @@ class KeyOwner:
         the domain guard has seen the decrypted values (DomainError ends the job: the model would be
         silently wrong)."""
         self.policy.check_refresh(stage, [c.level for c in ciphers])
-        return self.secret.refresh(ciphers, inspect=self._inspector(stage), level=level)
+        return self.secret.refresh(ciphers, inspect=self._inspector(stage), level=self._reply_level(level))
 
     def refresh_payloads(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None,
                          seeded: bool = True) -> tuple[list[list[Any]], list[bytes]]:
         """``refresh`` straight to wire bytes (``cipher_codec`` records and payloads), seeded: half the bytes."""
         self.policy.check_refresh(stage, [c.level for c in ciphers])
-        return self.secret.refresh_payloads(ciphers, inspect=self._inspector(stage), level=level, seeded=seeded)
+        return self.secret.refresh_payloads(ciphers, inspect=self._inspector(stage), level=self._reply_level(level),
+                                            seeded=seeded)
+
+    def _reply_level(self, level: int | None) -> int | None:
+        """A reply level a request may name: a level of this context (None: the top)."""
+        top = self.secret.params.levels
+        if level is not None and not 0 <= level <= top:
+            raise self.policy.refuse(f"a reply at level {level}; this context has levels 0..{top}")
+        return level
 
     def _inspector(self, stage: str) -> Any:
         guard = self._guard()
@@ -176,6 +184,7 @@ class KeyOwner:
                               lambda vectors: self.secret.encrypt_payloads(vectors, level, seeded))
 
     def _gradient(self, logits: EncTensor, labels: KeptLabels, level: int | None, encrypt_blocks: Any) -> Any:
+        self._reply_level(level)
         layout = logits.layout
         if layout.tiling != "horizontal" or layout.shape != (labels.rows, self.num_classes or -1):
             raise self.policy.refuse(f"logits of {layout.describe()} for a batch of {labels.rows} rows and "

@@ -32,11 +32,11 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
 from ..ckks import serialize
-from ..data.dataset import EncDataset
+from ..data.dataset import EncDataset, KeptLabels
 from ..errors import DomainError, EncTorchError, JobPolicyError, SerializationError
 from ..protocol import auth
 from ..protocol.channel import DEFAULT_MAX_MESSAGE_BYTES, PREAUTH_MAX_BYTES, Channel, client_handshake
-from ..protocol.ciphers import decode_ciphers, decode_tensor_list, decode_tensors, encode_ciphers, encode_tensors
+from ..protocol.ciphers import decode_ciphers, decode_tensor_list, decode_tensors, encode_payloads, encode_tensors
 from ..protocol.errors import AuthenticationError, ConnectionLostError, ProtocolError
 from ..protocol.messages import (
     Ack,
@@ -56,9 +56,12 @@ from ..protocol.messages import (
     RefreshReply,
     RefreshRequest,
     ResumeTraining,
+    SoftmaxGradReply,
+    SoftmaxGradRequest,
     StartTraining,
     TrainingDone,
 )
+from ..protocol.wire import wire_cuts
 from ..storage.atomic import atomic_write_bytes, read_bounded, sha256_file
 from ..storage.dataset import Manifest, read_manifest, write_dataset
 from ..storage.errors import StorageError
@@ -100,6 +103,8 @@ class RemoteSession:
         self.status: dict[str, Any] = {}
         self.reconnects = 0
         self.refreshed_ciphers = 0
+        self.gradient_requests = 0
+        self.cuts = wire_cuts()
         self._channel: Channel | None = None
         self._chunk = 1 << 20
         self._manifests: dict[str, Manifest] = {}
@@ -270,9 +275,17 @@ class RemoteSession:
     def _answer(self, msg: Any) -> Any:
         if isinstance(msg, RefreshRequest):
             ciphers = decode_ciphers(msg.ciphers, self.ctx)
-            fresh = self.key_owner.refresh(ciphers, stage=msg.stage)
-            self.refreshed_ciphers += len(fresh)
-            return RefreshReply(msg.request_id, encode_ciphers(self.ctx, fresh))
+            records, payloads = self.key_owner.refresh_payloads(ciphers, stage=msg.stage, level=_level(msg.level),
+                                                                seeded="seeded" in self.cuts)
+            self.refreshed_ciphers += len(payloads)
+            return RefreshReply(msg.request_id, encode_payloads(self.ctx.fingerprint, records, payloads))
+        if isinstance(msg, SoftmaxGradRequest):
+            logits = EncTensor.from_bytes(msg.logits, self.ctx)
+            records, payloads = self.key_owner.softmax_gradient_payloads(
+                logits, KeptLabels(msg.dataset, msg.index, msg.rows), level=_level(msg.level),
+                seeded="seeded" in self.cuts)
+            self.gradient_requests += 1
+            return SoftmaxGradReply(msg.request_id, encode_payloads(self.ctx.fingerprint, records, payloads))
         if isinstance(msg, EpochEndRequest):
             return self._judge(msg)
         if isinstance(msg, BestStateRequest):
@@ -419,6 +432,11 @@ def _restore_owner(meta: Any, sections: dict[str, bytes], early_stopping_keys: s
             raise SerializationError("batch_sizes must map names to positive whole numbers")
         out["batch_sizes"] = sizes
     return out
+
+
+def _level(wire_level: int) -> int | None:
+    """A request's reply level: -1 on the wire is the top (None)."""
+    return None if wire_level < 0 else wire_level
 
 
 def token_from_env_or_file(path: str | Path | None) -> bytes:

@@ -21,8 +21,13 @@ KIND = "cipher_list"
 
 def encode_ciphers(ctx: Any, ciphers: Sequence[Cipher]) -> bytes:
     """Frame ciphertexts with their levels and scales under ``ctx``'s fingerprint."""
-    records, payloads = cipher_codec.dump(ctx, ciphers)
-    sections = {"meta": serialize.dumps_json({"context": ctx.fingerprint, "ciphers": records})}
+    return encode_payloads(ctx.fingerprint, *cipher_codec.dump(ctx, ciphers))
+
+
+def encode_payloads(fingerprint: str, records: Sequence[Any], payloads: Sequence[bytes]) -> bytes:
+    """``encode_ciphers`` of ciphertexts already in bytes (``cipher_codec`` records, e.g. seeded
+    fresh encryptions, which exist only as bytes); ``decode_ciphers`` reads both alike."""
+    sections = {"meta": serialize.dumps_json({"context": fingerprint, "ciphers": [list(r) for r in records]})}
     sections.update((f"c{i}", raw) for i, raw in enumerate(payloads))
     return serialize.pack(KIND, sections)
 
@@ -67,9 +72,10 @@ def decode_tensor_list(raw: list[bytes], ctx: Any) -> list[EncTensor]:
     return [EncTensor.from_bytes(v, ctx) for v in raw]
 
 
-def check_fresh(ciphers: Sequence[Cipher], top_level: int) -> None:
-    """A refresh reply must be at the top level (anything lower is a wrong or replayed answer)."""
-    low = [i for i, c in enumerate(ciphers) if c.level != top_level]
-    if low:
-        raise ProtocolError(f"refreshed ciphertexts {low[:5]} are not at the top level {top_level}")
+def check_fresh(ciphers: Sequence[Cipher], level: int) -> None:
+    """A refresh reply must be at the level asked (the top unless the request named one):
+    anything else is a wrong or replayed answer."""
+    off = [i for i, c in enumerate(ciphers) if c.level != level]
+    if off:
+        raise ProtocolError(f"refreshed ciphertexts {off[:5]} are not at the asked level {level}")
 

@@ -298,19 +298,52 @@ class RefreshRequest(Message):
     request_id: int
     ciphers: bytes
     stage: str = ""
+    level: int = -1  # the level to answer at: the consumer uses no more (-1: the top)
 
     def validate(self) -> None:
         _request_id(self)
         _check(len(self.stage) <= 200 and self.stage.isprintable(), self, "stage is not a short printable name")
+        _check(-1 <= self.level <= 64, self, "level must be -1 (the top) or a level of the context")
 
 
 @dataclass(frozen=True)
 class RefreshReply(Message):
-    """C→S: fresh encryptions of the same values at the top level, in the same order."""
+    """C→S: fresh encryptions of the same values at the asked level (the top by default), in order."""
 
     TYPE: ClassVar[str] = "refresh_reply"
     request_id: int
     ciphers: bytes
+
+    validate = _request_id
+
+
+@dataclass(frozen=True)
+class SoftmaxGradRequest(Message):
+    """S→C (exact-softmax jobs): a training batch's encrypted logits (EncTensor bytes) and which
+    kept batch they belong to; answer SoftmaxGradReply with (softmax(z) − Y)/rows."""
+
+    TYPE: ClassVar[str] = "softmax_grad_request"
+    request_id: int
+    dataset: str
+    index: int
+    rows: int
+    logits: bytes
+    level: int = -1
+
+    def validate(self) -> None:
+        _request_id(self)
+        _check(bool(_NAME.fullmatch(self.dataset)), self, "dataset is not a valid name")
+        _check(0 <= self.index < 1 << 30 and 1 <= self.rows <= 1 << 20, self, "index/rows out of range")
+        _check(-1 <= self.level <= 64, self, "level must be -1 (the top) or a level of the context")
+
+
+@dataclass(frozen=True)
+class SoftmaxGradReply(Message):
+    """C→S: fresh encryptions of the gradient's blocks (``protocol.ciphers`` bytes) in the logits' layout."""
+
+    TYPE: ClassVar[str] = "softmax_grad_reply"
+    request_id: int
+    grad: bytes
 
     validate = _request_id
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from ..ckks import counters
 from ..ckks.evaluator import Cipher
+from ..data.dataset import KeptLabels
 from ..protocol.channel import Channel
 from ..protocol.ciphers import check_fresh, decode_ciphers, decode_tensors, encode_ciphers, encode_tensors
 from ..protocol.errors import ProtocolError, SessionError
@@ -20,7 +21,10 @@ from ..protocol.messages import (
     Progress,
     RefreshReply,
     RefreshRequest,
+    SoftmaxGradReply,
+    SoftmaxGradRequest,
 )
+from ..protocol.wire import wire_cuts
 from ..tensor.enctensor import EncTensor
 from ..training.key_owner_link import EpochVerdict
 
@@ -38,16 +42,31 @@ class NetworkKeyOwner:
         self.channel, self.ctx, self.reply_timeout = channel, ctx, reply_timeout
         self._ids = itertools.count()
         self.round_trips = 0
+        self.trim = "trim" in wire_cuts()
 
-    def refresh(self, ciphers: Sequence[Cipher], stage: str = "") -> list[Cipher]:
-        rid = next(self._ids)
-        self.channel.send(RefreshRequest(rid, encode_ciphers(self.ctx, ciphers), stage))
+    def _asked_level(self, level: int | None) -> int:
+        """The level to ask a reply at: the consumer's when trimming, else the top (-1 on the wire)."""
+        return level if (self.trim and level is not None) else -1
+
+    def refresh(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None) -> list[Cipher]:
+        rid, ask = next(self._ids), self._asked_level(level)
+        self.channel.send(RefreshRequest(rid, encode_ciphers(self.ctx, ciphers), stage, ask))
         reply = self._reply(RefreshReply, rid)
         fresh = decode_ciphers(reply.ciphers, self.ctx, expected=len(ciphers))
-        check_fresh(fresh, self.ctx.top_level)
+        check_fresh(fresh, self.ctx.top_level if ask < 0 else ask)
         for c in ciphers:  # in one process SecretContext.refresh counts them
             counters.record("refreshes", level=c.level)
         return fresh
+
+    def softmax_gradient(self, logits: EncTensor, labels: KeptLabels, level: int | None = None) -> EncTensor:
+        """The key owner's fresh (softmax(z) − Y)/rows for a training batch's logits (exact-softmax jobs)."""
+        rid, ask = next(self._ids), self._asked_level(level)
+        self.channel.send(SoftmaxGradRequest(rid, labels.dataset, labels.index, labels.rows, logits.to_bytes(), ask))
+        reply = self._reply(SoftmaxGradReply, rid)
+        blocks = decode_ciphers(reply.grad, self.ctx, expected=len(logits.ciphers()))
+        check_fresh(blocks, self.ctx.top_level if ask < 0 else ask)
+        n_b = logits.layout.grid[1]
+        return EncTensor([blocks[i : i + n_b] for i in range(0, len(blocks), n_b)], logits.layout, self.ctx)
 
     def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
                   state: dict[str, EncTensor]) -> EpochVerdict:

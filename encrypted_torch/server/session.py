@@ -28,7 +28,7 @@ from ..ckks.public import PublicContext
 from ..errors import EncTorchError
 from ..protocol.channel import Channel
 from ..protocol.ciphers import decode_tensors, encode_tensors
-from ..protocol.errors import ProtocolError, SessionError
+from ..protocol.errors import JobConfigError, ProtocolError, SessionError
 from ..protocol.messages import (
     Ack,
     DatasetBegin,
@@ -290,8 +290,6 @@ class Session:
         where = f"upload:{msg.name}/{MANIFEST}"
         manifest = Manifest.from_json(msg.manifest, where)
         manifest.check_context(ctx, where)
-        if msg.name == "train" and not manifest.has_labels:
-            raise ManifestError(where, "a training set needs encrypted labels")
         damaged = self.dir / "data" / f"{msg.name}.damaged"
         if self.record["stage"] != "upload" and (damaged / MANIFEST).exists():
             if read_manifest(damaged).to_json() != manifest.to_json():  # the checkpoint's batch order relies on it
@@ -329,8 +327,13 @@ class Session:
         ctx = self.context()
         job = validate_job(msg.job, self.builders)
         init = decode_tensors(msg.model, ctx)
-        unit = open_dataset(self.dir / "data" / "train", ctx).unit
-        built = self.builders[job["model"]](ctx, job, init, unit)  # validates the weights against the job
+        train = open_dataset(self.dir / "data" / "train", ctx)
+        built = self.builders[job["model"]](ctx, job, init, train.unit)  # validates the weights against the job
+        kept = getattr(built[2], "labels_stay_with_key_owner", False)
+        if kept == train.has_labels:
+            raise JobConfigError("the exact-softmax job trains on labels the key owner kept: upload the training set "
+                                 "without encrypted labels" if kept else "a training set needs encrypted labels "
+                                 "(or a job with softmax 'exact', whose labels stay with the key owner)")
         save_checkpoint(self.dir / "init_model.et", {"model": init}, ctx.fingerprint)
         atomic_write_json(self.dir / "job.json", job)
         self.record["stage"] = "training"
