@@ -148,37 +148,57 @@ def evaluate_coefficients(ev: Evaluator, x: Cipher, coeffs: Sequence[Coefficient
         raise ValueError("a constant polynomial needs no ciphertext evaluation")
     depth = math.ceil(math.log2(deg + 1))
     powers = _powers(ev, x, deg) if powers is None else powers
-    out, const = _node(ev, powers, list(coeffs[: deg + 1]), x.level - depth, out_scale)
+    return _collect(ev, *_node(ev, powers, list(coeffs[: deg + 1]), x.level - depth, out_scale), out_scale)
+
+
+Terms = tuple[list[Cipher], Cipher | None, Coefficient]
+"""A sum landing on (level, scale): products not rescaled yet (at level + 1, scale·q_(level+1)), a
+part already there (or None), and the constant apart."""
+
+
+def _collect(ev: Evaluator, raws: list[Cipher], done: Cipher | None, const: Coefficient,
+             scale: float) -> Cipher:
+    """The sum ``_node`` describes as one cipher: its products added first, then relinearized and
+    rescaled once (lazy relinearization: one key switch and one rescale per sum, not per product)."""
+    out = done
+    if raws:
+        total = raws[0]
+        for r in raws[1:]:
+            total = ev.add(total, r)
+        total = ev.finish(total, scale)
+        out = total if out is None else ev.add(out, total)
     assert out is not None
-    return ev.add_plain(out, const) if not _is_zero(const) else out
+    return out if _is_zero(const) else ev.add_plain(out, const)
 
 
 def _node(ev: Evaluator, powers: dict[int, Cipher], coeffs: list[Coefficient], level: int,
-          scale: float) -> tuple[Cipher | None, Coefficient]:
-    """The non-constant part of Σ coeffs[k]·x^k at exactly (level, scale), and the constant apart."""
+          scale: float) -> Terms:
+    """The non-constant part of Σ coeffs[k]·x^k landing on exactly (level, scale), and the constant."""
     deg = _degree(coeffs)
     const = coeffs[0]
     if deg == 0:
-        return None, const
+        return [], None, const
     if deg == 1:
-        return _term(ev, powers[1], coeffs[1], level, scale), const
+        return *_term(ev, powers[1], coeffs[1], level, scale), const
     m = 1 << (deg.bit_length() - 1)
     xm = powers[m]
     # x^m · B lands on (level, scale) when B sits one level up at scale·q/scale(x^m).
     b_scale = scale * ev.primes[level + 1] / xm.scale
-    b_part, b_const = _node(ev, powers, coeffs[m:], level + 1, b_scale)
-    if b_part is None:
-        prod = _term(ev, xm, b_const, level, scale)
+    b_raws, b_done, b_const = _node(ev, powers, coeffs[m:], level + 1, b_scale)
+    if not b_raws and b_done is None:
+        raws, done = _term(ev, xm, b_const, level, scale)
     else:
-        if not _is_zero(b_const):
-            b_part = ev.add_plain(b_part, b_const)
-        prod = ev.mul(ev.mod_switch(xm, level + 1), b_part)
-    a_part, a_const = _node(ev, powers, coeffs[:m], level, scale)
-    return (prod if a_part is None else ev.add(a_part, prod)), a_const
+        b_part = _collect(ev, b_raws, b_done, b_const, b_scale)
+        raws, done = [ev.mul_raw(ev.mod_switch(xm, level + 1), b_part)], None
+    a_raws, a_done, a_const = _node(ev, powers, coeffs[:m], level, scale)
+    if a_done is not None:
+        done = a_done if done is None else ev.add(a_done, done)
+    return a_raws + raws, done, a_const
 
 
-def _term(ev: Evaluator, xk: Cipher, c: Coefficient, level: int, scale: float) -> Cipher:
-    """c·x^k at exactly (level, scale): a mod switch when c is 1 and the scale already fits."""
+def _term(ev: Evaluator, xk: Cipher, c: Coefficient, level: int, scale: float) -> tuple[list[Cipher], Cipher | None]:
+    """c·x^k landing on (level, scale): a mod switch when c is 1 and the scale already fits, else a
+    product to rescale with the others of its sum."""
     if not isinstance(c, np.ndarray) and c == 1.0 and abs(xk.scale / scale - 1) < 1e-12:
-        return ev.mod_switch(xk, level)
-    return ev.mul_plain(ev.mod_switch(xk, level + 1), c, out_scale=scale)
+        return [], ev.mod_switch(xk, level)
+    return [ev.mul_plain_raw(ev.mod_switch(xk, level + 1), c, out_scale=scale)], None

@@ -181,6 +181,14 @@ class Evaluator:
 
         1 level. The plaintext is encoded at out_scale · q_level / scale(a).
         """
+        return self._mul_plain(a, values, out_scale, rescale=True)
+
+    def mul_plain_raw(self, a: Cipher, values: Any, out_scale: float | None = None) -> Cipher:
+        """ct × plaintext without the rescale, at scale out_scale · q_level: add several products of
+        one level, then ``rescale(sum, out_scale)`` once (one rescale per sum instead of per product)."""
+        return self._mul_plain(a, values, out_scale, rescale=False)
+
+    def _mul_plain(self, a: Cipher, values: Any, out_scale: float | None, rescale: bool) -> Cipher:
         self._own(a)
         self._require(a, 1, "multiply by plaintext")
         if a.size != 2:
@@ -198,14 +206,13 @@ class Evaluator:
         if np.isscalar(vec):
             vec = np.full(self.slots, vec)
         if not np.any(vec):
-            zero = self.encrypt(np.zeros(self.slots), a.level - 1, wanted)
-            return zero
+            if rescale:
+                return self.encrypt(np.zeros(self.slots), a.level - 1, wanted)
+            return self.encrypt(np.zeros(self.slots), a.level, a.scale * pt_scale)
         counters.record("ct_pt_mults", level=a.level)
-        prod = self.backend.multiply_plain(a.handle, vec, a.level, pt_scale)
-        counters.record("rescales", level=a.level)
-        out = self.backend.rescale(prod)
-        scale = self._snap(out, a.scale * pt_scale / q, wanted)
-        return self._wrap(out, a.level - 1, scale, "multiply by plaintext")
+        prod = self._wrap(self.backend.multiply_plain(a.handle, vec, a.level, pt_scale), a.level,
+                          a.scale * pt_scale, "multiply by plaintext")
+        return self.rescale(prod, wanted) if rescale else prod
 
     def mul_raw(self, a: Cipher, b: Cipher) -> Cipher:
         """ct × ct without relinearization or rescale (size 3): sum several, then ``finish``."""
@@ -229,16 +236,20 @@ class Evaluator:
         counters.record("relinearizations", level=a.level)
         return Cipher(self.backend.relinearize(a.handle), a.level, a.scale, self.context_id, 2)
 
-    def rescale(self, a: Cipher) -> Cipher:
-        """Divide by the last prime of the level; scale(a) / q_level."""
+    def rescale(self, a: Cipher, wanted: float | None = None) -> Cipher:
+        """Divide by the last prime of the level: scale(a) / q_level, taken as ``wanted`` if it differs
+        from it by double rounding only (a sum of ``mul_plain_raw`` products aimed at ``wanted``)."""
         self._require(a, 1, "rescale")
         counters.record("rescales", level=a.level)
         q = self.primes[a.level]
-        return self._wrap(self.backend.rescale(a.handle), a.level - 1, a.scale / q, "rescale", a.size)
+        out = self.backend.rescale(a.handle)
+        scale = a.scale / q if wanted is None else self._snap(out, a.scale / q, wanted)
+        return self._wrap(out, a.level - 1, scale, "rescale", a.size)
 
-    def finish(self, a: Cipher) -> Cipher:
-        """Relinearize and rescale the result of ``mul_raw`` (or a sum of such results)."""
-        return self.rescale(self.relinearize(a))
+    def finish(self, a: Cipher, wanted: float | None = None) -> Cipher:
+        """Relinearize and rescale the result of ``mul_raw`` (or a sum of such results and of
+        ``mul_plain_raw`` products): one relinearization and one rescale per sum."""
+        return self.rescale(self.relinearize(a), wanted)
 
     def mul(self, a: Cipher, b: Cipher) -> Cipher:
         """ct × ct with relinearization and rescale: 1 level; scale(a)·scale(b)/q."""

@@ -76,9 +76,12 @@ def _spread(ev: Evaluator, v: Cipher, c_pad: int) -> Cipher:
 
 
 def _max_update(ev: Evaluator, s: Cipher, d: Cipher, h: Cipher) -> Cipher:
-    """max ≈ s/2 + d·h (s = a + b, d = a − b, h = sign(d)/2); s/2 lands on the product's scale."""
-    prod = ev.mul(d, h)
-    return ev.add(ev.mul_plain(ev.mod_switch(s, prod.level + 1), 0.5, out_scale=prod.scale), prod)
+    """max ≈ s/2 + d·h (s = a + b, d = a − b, h = sign(d)/2); s/2 lands on the product's scale and
+    joins it before the rescale (one rescale for the sum)."""
+    prod = ev.mul_raw(d, h)
+    out_scale = prod.scale / ev.primes[prod.level]
+    half = ev.mul_plain_raw(ev.mod_switch(s, prod.level), 0.5, out_scale=out_scale)
+    return ev.finish(ev.add(prod, half), out_scale)
 
 
 def _row_sum_factors(ev: Evaluator, e: Cipher, masks: dict[str, np.ndarray], i: int, s1: int,
@@ -99,8 +102,10 @@ def _row_sum_factors(ev: Evaluator, e: Cipher, masks: dict[str, np.ndarray], i: 
     good = masks["good"][i]
 
     def minus_row_sum(k: float) -> Cipher:
-        if moved is not None:
-            return ev.add(ev.mul_plain(z, -k * good), ev.mul_plain(moved, k * (good - 1.0)))
+        if moved is not None:  # both products at one level and scale: one rescale for their sum
+            delta = ev.params.scale
+            return ev.rescale(ev.add(ev.mul_plain_raw(z, -k * good, delta),
+                                     ev.mul_plain_raw(moved, k * (good - 1.0), delta)), delta)
         return _spread(ev, ev.mul_plain(z, -k * masks["tile0"][i]), c_pad)
 
     rv = masks["row_valid"][i]

@@ -149,3 +149,41 @@ def rowmajor(a: int, b: int, c: int, unit: tuple[int, int]) -> Counts:
     z = sizes(a, b, c, unit)
     paper = paper_rowmajor(a, b, c, unit)
     return Counts(c * (z.n_a + z.n_b), paper.mult, paper.rot)
+
+
+@dataclass(frozen=True)
+class Finishing:
+    """Relinearizations and rescales: one per sum of products (lazy), not one per product."""
+
+    relin: int
+    rescale: int
+
+
+def diag_abt_finishing(a: int, b: int, c: int, unit: tuple[int, int], imag: str = "const") -> Finishing:
+    """DiagABT: per diagonal and block row, one relinearization and one rescale for the n_b products,
+    one rescale for e₀; one rescale per block row for the sum over diagonals of the placed terms;
+    ``imag="const"`` adds n_b rescales (×i on B). Per product this was n_b + 3·d·n_a rescales
+    (d diagonals): lazy placement saves (d − 1)·n_a."""
+    z = sizes(a, b, c, unit)
+    if imag == "const" and z.c_pad > 1:
+        return Finishing(z.h * z.n_a, z.n_b + 2 * z.h * z.n_a + z.n_a)
+    if imag == "plain":
+        d = z.h if z.c_pad > 1 else 1
+        return Finishing(0, 2 * d * z.n_a + z.n_a)  # per product: d·n_a·n_b + 2·d·n_a
+    return Finishing(z.c_pad * z.n_a, 2 * z.c_pad * z.n_a + z.n_a)
+
+
+def diag_atb_finishing(a: int, b: int, c: int, unit: tuple[int, int], variant: str = "mask_a") -> Finishing:
+    """DiagATB: the packing (2 rescales per block row), the per-k masks (``mask_a``: one per block
+    row; ``prot_up``: one per block), one relinearization and one rescale per diagonal and column
+    block, one rescale per column block for the sum over diagonals. Per product the last term was
+    h·n_b: lazy placement saves (h − 1)·n_b; ``plain`` (CMults summed before one rescale) saves
+    h·n_b·(n_a − 1) more."""
+    z = sizes(a, b, c, unit)
+    h, n_a, n_b = z.h, z.n_a, z.n_b
+    d = max(h, 1)
+    pack = 2 * n_a if h else 0
+    if variant == "plain":
+        return Finishing(0, pack + d * n_b + n_b)
+    shift = (h - 1) * n_a if variant == "mask_a" else (h - 1) * n_a * n_b
+    return Finishing(d * n_b, pack + max(shift, 0) + d * n_b + n_b)

@@ -164,7 +164,8 @@ def diag_abt_plain_blocks(a: TensorBase, b: Any, *, out_scale: float = 1.0,
 
     scale = ev.params.scale
     return _accumulate(a, b.shape[0], blocks_a, shifted, range(h if packed_pairs else c_pad), packed_pairs,
-                       out_scale, lambda ai, bj: ev.mul_plain(ai, bj, scale), finish=None)
+                       out_scale, lambda ai, bj: ev.mul_plain_raw(ai, bj, scale),
+                       finish=lambda z: ev.rescale(z, scale))
 
 
 def diag_abt(a: TensorBase, b: TensorBase, *, out_scale: float = 1.0, out_level: int | None = None,
@@ -216,20 +217,20 @@ def _accumulate(a: TensorBase, classes: int, blocks_a: list[list[Cipher]], shift
                 row = blocks_a[i]
                 z = product(row[0], bk[0])
                 for j in range(1, len(row)):
-                    z = ev.add(z, product(row[j], bk[j]))  # lazy relinearization: one per block row
-                if finish is not None:
-                    z = finish(z)
+                    z = ev.add(z, product(row[j], bk[j]))  # lazy: one relinearization/rescale per sum
+                z = finish(z)
                 for step in folds:
                     z = ev.add(z, ev.rotate(z, step))
                 z = ev.mul_plain(z, e0, delta)
                 for step in folds:
                     z = ev.add(z, ev.rotate(z, -step))
-                term = ev.mul_plain(z, place, delta)
+                term = ev.mul_plain_raw(z, place, delta)
                 acc[i] = term if i not in acc else ev.add(acc[i], term)
         return [acc[i] for i in sorted(acc)]
 
     diagonals = list(diagonals)
     acc = cm.sum_over_diagonals(a.ctx, diagonals, len(blocks_a), partial,
                                 len(diagonals) * sum(map(len, blocks_a)))
+    acc = [ev.rescale(c, delta) for c in acc]  # one rescale per block row for the sum over diagonals
     blocks = [[ev.real_part_times_two(c) if packed else c] for c in acc]
     return blocks, out_layout

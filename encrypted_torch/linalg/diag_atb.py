@@ -212,7 +212,8 @@ def diag_atb_plain_blocks(a: TensorBase, b: Any, *, out_scale: float = 1.0,
         keep = cm.column_mask(unit, s1 - k)
         return keep * grid_b + (1.0 - keep) * np.roll(grid_b, -s1, axis=2)
 
-    return _accumulate(a, b.shape[1], a_k, b_k, h, out_scale, lambda x, y: ev.mul_plain(x, y, delta), None)
+    return _accumulate(a, b.shape[1], a_k, b_k, h, out_scale, lambda x, y: ev.mul_plain_raw(x, y, delta),
+                       lambda z: ev.rescale(z, delta))
 
 
 def diag_atb(a: TensorBase, b: TensorBase, *, out_scale: float = 1.0, out_level: int | None = None,
@@ -269,17 +270,17 @@ def _accumulate(a: TensorBase, features: int, a_k: Any, b_k: Any, h: int, out_sc
                 z = product(ak[0], bk[0][j])
                 for i in range(1, len(ak)):
                     z = ev.add(z, product(ak[i], bk[i][j]))
-                if finish is not None:
-                    z = finish(z)
+                z = finish(z)
                 for step in window_folds:
                     z = ev.add(z, ev.rotate(z, step))
-                term = ev.mul_plain(z, place * valid[j], delta)
+                term = ev.mul_plain_raw(z, place * valid[j], delta)
                 acc[j] = term if j not in acc else ev.add(acc[j], term)
         return [acc[j] for j in sorted(acc)]
 
     diagonals = range(max(h, 1))
     acc = cm.sum_over_diagonals(a.ctx, diagonals, n_b, partial, len(diagonals) * n_b * a.layout.grid[0])
     for j, z in enumerate(acc):
+        z = ev.rescale(z, delta)  # one rescale per column block for the sum over diagonals
         for step in block_folds:  # every row ends up holding its column sums: no mask needed
             z = ev.add(z, ev.rotate(z, step))
         acc[j] = z
