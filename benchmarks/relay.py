@@ -78,6 +78,7 @@ class DirectionStats:
     chunks: int = 0
     late_chunks: int = 0
     max_late_s: float = 0.0
+    late_s: float = 0.0
 
 
 @dataclass
@@ -132,6 +133,7 @@ class _Direction:
                 await asyncio.sleep(wait)
             elif wait < -2e-3:
                 self.stats.late_chunks += 1
+                self.stats.late_s -= wait
                 self.stats.max_late_s = max(self.stats.max_late_s, -wait)
             if data is None:
                 if writer.can_write_eof():

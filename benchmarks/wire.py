@@ -140,6 +140,8 @@ def run_cut(spec: str, links: list[Link], args: argparse.Namespace, token: str, 
                 cmd += ["--n-train", str(args.n_train)]
             if args.upload_over_link:
                 cmd.append("--upload-over-link")
+            if args.keep_events:
+                cmd.append("--keep-events")
             if exact:
                 cmd += ["--softmax", EXACT]
             for opt in args.job_option:
@@ -158,7 +160,8 @@ def run_cut(spec: str, links: list[Link], args: argparse.Namespace, token: str, 
                                                           "late_chunks": relay.stats.c2s.late_chunks
                                                           + relay.stats.s2c.late_chunks,
                                                           "max_late_s": max(relay.stats.c2s.max_late_s,
-                                                                            relay.stats.s2c.max_late_s)}
+                                                                            relay.stats.s2c.max_late_s),
+                                                          "late_s": relay.stats.c2s.late_s + relay.stats.s2c.late_s}
     finally:
         _stop(server)
     if not args.keep_scratch:
@@ -178,6 +181,10 @@ def _mb(n: float | None) -> str:
     return "–" if n is None else f"{n / 1e6:.2f}"
 
 
+def _sec(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def _num(x: float | None) -> str:
     return "–" if x is None else f"{x:g}"
 
@@ -191,12 +198,13 @@ def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, A
     out = [f"# Wire cost of one step ({meta['shape']}, {meta['dataset']})", "",
            f"{meta['date']}, {meta['machine']}; command: `{meta['command']}`.", "",
            "Per step: median over steps 2..N of each session. MB as the protocol's channel counts them "
-           "(sealed messages). Step s: the server's step time (waits for the key owner included). "
+           "(sealed messages). Step s: the server's step time (waits for the key owner included); key owner s: "
+           "the client's time from each request to its reply. "
            "× loopback: over the same cut's loopback step, measured in the same run. Wire model: "
            "bytes·8/rate + round trips·RTT (no overlap). RTT = 2 × the one-way delay.", "",
            "| cut | link | MB client→server | MB server→client | round trips | ciphers to key owner (levels) "
-           "| ciphers back (levels) | step s | × loopback | wire model s |",
-           "|---|---|---:|---:|---:|---|---|---:|---:|---:|"]
+           "| ciphers back (levels) | step s | key owner s | × loopback | wire model s |",
+           "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in results:
         bases = [r["sessions"].get(n, {}).get("per_step", {}).get("server_seconds") for n in ("loopback", BRACKET.name)]
         bases = [b for b in bases if b]
@@ -213,6 +221,7 @@ def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, A
                        f"| {_num(ps.get('round_trips'))} | {_num(ps.get('ciphers_to_client'))} "
                        f"({_levels(ps.get('levels_to_client', {}))}) | {_num(ps.get('ciphers_to_server'))} "
                        f"({_levels(ps.get('levels_to_server', {}))}) | {'–' if step is None else f'{step:.2f}'} "
+                       f"| {_sec(ps.get('key_owner_seconds'))} "
                        f"| {ratio} | {'–' if model is None else f'{model:.2f}'} |")
     out += ["", "One-off costs (per cut configuration):", "",
             "| cut | public context MB | dataset upload KB / row | upload MB (context + data) "
@@ -254,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bracket", action="store_true",
                     help="a second loopback session after the links; ratios over both loopback steps")
     ap.add_argument("--keep-scratch", action="store_true")
+    ap.add_argument("--keep-events", action="store_true", help="every message's time, type and bytes in the JSON")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     return ap
 

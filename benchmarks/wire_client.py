@@ -198,7 +198,14 @@ def _summarise(kind: str, seg: list[dict[str, Any]], seg_start: float, prev_refr
     requests = [e for e in seg if e["dir"] == "s2c" and e["type"] not in NOT_REQUESTS]
     sent_levels = Counter(lv for e in requests for lv in e.get("levels", []))
     reply_levels = Counter(lv for e in seg if e["dir"] == "c2s" for lv in e.get("levels", []))
-    out: dict[str, Any] = {"kind": kind, "c2s_bytes": c2s, "s2c_bytes": s2c, "round_trips": len(requests),
+    key_owner = 0.0  # the client answers in order: a request's reply is the next message it sends
+    for i, e in enumerate(seg):
+        if e["dir"] == "s2c" and e["type"] not in NOT_REQUESTS:
+            reply = next((r for r in seg[i + 1:] if r["dir"] == "c2s"), None)
+            if reply is not None:
+                key_owner += reply["t"] - e["t"]
+    out: dict[str, Any] = {"kind": kind, "key_owner_seconds": round(key_owner, 4), "c2s_bytes": c2s,
+                           "s2c_bytes": s2c, "round_trips": len(requests),
                            "requests": dict(Counter(e["type"] for e in requests)),
                            "ciphers_to_client": sum(sent_levels.values()),
                            "levels_to_client": {str(k): v for k, v in sorted(sent_levels.items())},
@@ -241,7 +248,7 @@ def analyse(events: list[dict[str, Any]]) -> dict[str, Any]:
             epoch_ends.append(row)
     measured = steps[1:] or steps
     keys = ("c2s_bytes", "s2c_bytes", "round_trips", "ciphers_to_client", "ciphers_to_server",
-            "server_seconds", "client_seconds")
+            "server_seconds", "client_seconds", "key_owner_seconds")
     per_step = {k: statistics.median(r[k] for r in measured) for k in keys if measured and r_has(measured, k)}
     if measured:
         per_step["levels_to_client"] = measured[-1]["levels_to_client"]
