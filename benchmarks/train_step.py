@@ -41,6 +41,7 @@ from encrypted_torch.client.key_owner import KeyOwner
 from encrypted_torch.data.dataset import DataLoader
 from encrypted_torch.hetal.pipeline import normalise, rotation_steps
 from encrypted_torch.nn.linear import Linear
+from encrypted_torch.nn.loss import KeyOwnerCrossEntropyLoss
 from encrypted_torch.optim import SGD
 from encrypted_torch.training.trainer import Trainer
 from encrypted_torch.training.unit_choice import choose_unit
@@ -166,26 +167,28 @@ def plain_step_ms(batch: int, classes: int, repeats: int = 50) -> tuple[float, f
 
 
 def bench_shape(batch: int, features: int, classes: int, repeats: int, warmup: int,
-                unit: tuple[int, int] | None = None) -> dict[str, Any]:
+                unit: tuple[int, int] | None = None, softmax: str = "hetal") -> dict[str, Any]:
     assert features == 769, "features include the bias column: 768 + 1"
     t0 = time.perf_counter()
     unit = unit or choose_unit(batch, features, classes, PRESET)
     secret = SecretContext.create(PRESET, rotations=rotation_steps(unit, classes), backend="seal")
     client = KeyOwner(secret)
     x, y = random_data(batch, classes)
-    train = client.encrypt_dataset(x, y, num_classes=classes, batch_size=batch, seed=0, unit=unit)
+    exact = softmax == "exact"  # the key owner evaluates the exact softmax; the labels stay with it
+    train = client.encrypt_dataset(x, y, num_classes=classes, batch_size=batch, seed=0, unit=unit, keep_labels=exact)
     batch_enc = next(iter(DataLoader(train, shuffle=False)))
+    target = batch_enc.kept_labels if exact else batch_enc.y
     torch.manual_seed(0)
     model = Linear(768, classes).encrypt(client.public_context, unit=train.unit)
     opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True)
-    trainer = Trainer(model, opt, client, progress=False)
+    trainer = Trainer(model, opt, client, KeyOwnerCrossEntropyLoss() if exact else None, progress=False)
     setup = time.perf_counter() - t0
     print(f"  setup (keys, encryption) {setup:.1f} s, unit {unit}", flush=True)
     records = []
     for i in range(warmup + repeats):
         cpu = cpu_seconds()
         with count_by_level() as by_level:
-            rec = trainer.train_step(batch_enc.x, batch_enc.y, 0, i)
+            rec = trainer.train_step(batch_enc.x, target, 0, i)
         cpu = cpu_seconds() - cpu
         print(f"  step {i}{' (warm-up)' if i < warmup else ''}: {rec.seconds:.1f} s wall, {cpu:.1f} s CPU, "
               f"refreshes {rec.ops['refreshes']}, weight level {rec.weight_level}", flush=True)
@@ -206,10 +209,15 @@ def bench_shape(batch: int, features: int, classes: int, repeats: int, warmup: i
             "wall": statistics.median(r[0].seconds for r in records),
             "cpu": statistics.median(r[1] for r in records), "rec": rec, "by_level": by_level, "floor": floor / 1e3,
             "floor_parts": {k: v / 1e3 for k, v in parts.items()}, "costs": costs, "top": top,
-            "plain_ms": plain_step_ms(batch, classes), "repeats": len(records), "setup": setup}
+            "plain_ms": plain_step_ms(batch, classes), "repeats": len(records), "setup": setup, "softmax": softmax}
 
 
 # --- report -------------------------------------------------------------------------------------------
+def _label(r: dict) -> str:
+    """The shape, marked when the key owner evaluated the exact softmax (the opt-in protocol)."""
+    return f"{r['shape']}" + (" exact softmax" if r.get("softmax") == "exact" else "")
+
+
 def _levels_text(by_level: dict, name: str) -> str:
     items = sorted(((lvl, n) for (k, lvl), n in by_level.items() if k == name and n), key=lambda t: -(t[0] or 0))
     return " ".join(f"L{lvl}:{n}" for lvl, n in items)
@@ -250,19 +258,19 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float, skippe
     for r in results:
         bd = r["rec"].breakdown
         other = r["rec"].seconds - sum(bd.values())
-        lines.append(f"| {r['shape']} | " + " | ".join(f"{bd.get(s, 0.0):.2f}" for s in sections)
+        lines.append(f"| {_label(r)} | " + " | ".join(f"{bd.get(s, 0.0):.2f}" for s in sections)
                      + f" | {other:.2f} | {r['rec'].seconds:.2f} |")
     lines += ["", "## Op counts per step, and their share of the floor", "",
               "| shape | " + " | ".join(SHOWN) + " |", "|---|" + "---:|" * len(SHOWN)]
     for r in results:
         ops = r["rec"].ops
-        lines.append(f"| {r['shape']} | " + " | ".join(str(ops.get(k, 0)) for k in SHOWN) + " |")
+        lines.append(f"| {_label(r)} | " + " | ".join(str(ops.get(k, 0)) for k in SHOWN) + " |")
     lines += ["", "| shape | " + " | ".join(f"{k} floor s" for k in COSTED) + " |", "|---|" + "---:|" * len(COSTED)]
     for r in results:
-        lines.append(f"| {r['shape']} | " + " | ".join(f"{r['floor_parts'].get(k, 0.0):.2f}" for k in COSTED) + " |")
+        lines.append(f"| {_label(r)} | " + " | ".join(f"{r['floor_parts'].get(k, 0.0):.2f}" for k in COSTED) + " |")
     lines += ["", "Counts by operand level (L7 = fresh, L0 = last):", ""]
     for r in results:
-        lines.append(f"- {r['shape']}: " + "; ".join(
+        lines.append(f"- {_label(r)}: " + "; ".join(
             f"{k} {_levels_text(r['by_level'], k)}" for k in ["rotations", "conjugations", "ct_ct_mults",
                                                               "ct_pt_mults", "refreshes"]))
     if results:
@@ -298,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--unit", default=None, help="s0,s1 instead of the default unit choice")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the cores)")
+    parser.add_argument("--softmax", nargs="+", choices=["hetal", "exact"], default=["hetal"],
+                        help="HETAL's approximate softmax on the server, and/or the key owner's exact one")
     parser.add_argument("--rerender", action="store_true", help="re-render the last run's saved results "
                         "(re-timing only the plain torch step)")
     args = parser.parse_args(argv)
@@ -321,9 +331,11 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"{shape}:", flush=True)
         unit = tuple(int(v) for v in args.unit.split(",")) if args.unit else None
-        with parallel.use_workers(args.workers or parallel.workers()):
-            results.append(bench_shape(*shape, repeats=args.repeats, warmup=args.warmup, unit=unit))
-        results[-1]["seconds"] = time.perf_counter() - t0 - sum(r.get("seconds", 0.0) for r in results[:-1])
+        for softmax in args.softmax:
+            with parallel.use_workers(args.workers or parallel.workers()):
+                results.append(bench_shape(*shape, repeats=args.repeats, warmup=args.warmup, unit=unit,
+                                           softmax=softmax))
+            results[-1]["seconds"] = time.perf_counter() - t0 - sum(r.get("seconds", 0.0) for r in results[:-1])
         with open(saved, "wb") as f:
             pickle.dump((results, skipped), f)  # to re-render without re-running
         text = render(results, args, time.perf_counter() - t0, skipped)

@@ -53,6 +53,8 @@ _BY_NAME = {  # fields whose declared bounds are narrower than their type
     "request_id": st.integers(0, 2**53 - 1), "epoch": st.integers(0, 2**31 - 1), "rows": st.integers(1, 1 << 20),
     "max_message_bytes": st.integers(1 << 20, 1 << 30), "chunk_bytes": st.integers(1, 1 << 20),
     "stage": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    "level": st.integers(-1, 64), "index": st.integers(0, (1 << 30) - 1),
+    "dataset": st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
 }
 _BY_KIND = {
     "int": st.integers(-(2**63), 2**63 - 1), "str": st.text(max_size=50), "bool": st.booleans(),

@@ -78,8 +78,9 @@ def add_config_arguments(ap: argparse.ArgumentParser, default_dataset: str) -> N
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--patience", type=int)
     ap.add_argument("--optimizer", choices=["nesterov", "nag", "sgd"])
-    ap.add_argument("--softmax", choices=list(SOFTMAX_PRESETS),
-                    help="softmax approximation (SoftmaxConfig.preset; default: 'default', Rmax = 128)")
+    ap.add_argument("--softmax", choices=[*SOFTMAX_PRESETS, "exact"],
+                    help="softmax approximation (SoftmaxConfig.preset; default: 'default', Rmax = 128), or 'exact': "
+                         "the key owner evaluates the exact softmax (opt-in protocol; the labels stay with it)")
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--n-val", type=int)
     ap.add_argument("--n-test", type=int)

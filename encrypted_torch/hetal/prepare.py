@@ -23,7 +23,7 @@ from ..storage.dataset import StreamingLoader
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import next_pow2
 from ..training.early_stopping import EarlyStopping
-from ..training.job import build_hetal_linear, validate_job
+from ..training.job import EXACT_SOFTMAX, build_hetal_linear, validate_job
 from ..training.job import softmax_config as job_softmax_config
 from ..training.trainer import FitResult, Trainer
 from ..training.unit_choice import choose_unit
@@ -84,11 +84,12 @@ def normalise_with(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def rotation_steps(unit: tuple[int, int], num_classes: int) -> list[int]:
-    """Every rotation a training step needs: the matrix products' and the softmax's."""
+def rotation_steps(unit: tuple[int, int], num_classes: int, softmax: bool = True) -> list[int]:
+    """Every rotation a training step needs: the matrix products' and (unless the key owner evaluates
+    it: ``softmax=False``) the softmax's."""
     from ..linalg.steps import hetal_rotation_steps
 
-    return hetal_rotation_steps(unit, next_pow2(num_classes))
+    return hetal_rotation_steps(unit, next_pow2(num_classes), softmax=softmax)
 
 
 @dataclass
@@ -114,9 +115,12 @@ def encrypt_splits(cfg: HetalConfig, splits: Any, *, backend: str = "seal",
     xtr, xva, xte = normalise(xtr, xva, xte)
     c, d = splits.num_classes, xtr.shape[1]
     unit = choose_unit(cfg.batch_size, d + 1, c, cfg.preset)
-    secret = secret or SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c), backend=backend)
+    exact = cfg.softmax == EXACT_SOFTMAX  # the key owner evaluates the softmax: no softmax keys, labels kept here
+    secret = secret or SecretContext.create(cfg.preset, rotations=rotation_steps(unit, c, softmax=not exact),
+                                            backend=backend)
     owner = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
-    train = owner.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed, unit=unit)
+    train = owner.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed, unit=unit,
+                                  keep_labels=exact)
     val = owner.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
                                 keep_labels=True, shuffle=False, unit=unit)
     return EncryptedSplits(owner, train, val, (xtr, ytr), (xva, yva), (xte, yte), d, c)
