@@ -16,7 +16,8 @@ the server's step times and the epoch time (measured when the epoch ran in full,
 measured steps' mean × batches + the measured validation pass: ``epoch_time_kind`` says which),
 and peak memory of both processes per phase: the kernel's VmHWM of the main process (reset per
 phase through /proc/PID/clear_refs) and, sampled every ``--sample`` s, the PSS summed over the
-process and its forked workers. Writes benchmarks/results/scale_stream-<rows>.json.
+process and its forked workers; and each side's CPU seconds per phase (its own and its reaped
+workers'), which on a shared machine says more than wall time. Writes benchmarks/results/scale_stream-<rows>.json.
 """
 
 from __future__ import annotations
@@ -121,6 +122,16 @@ def tree(root: int, children: dict[int, list[int]], exclude: set[int]) -> list[i
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its waited-for children (user + system), from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
 def reset_hwm(pid: int) -> bool:
     """Reset the kernel's peak-RSS counter of ``pid`` (Linux ≥ 4.0); False if not allowed."""
     try:
@@ -140,6 +151,7 @@ class MemoryWatch:
         self.phases: dict[str, dict[str, dict[str, float]]] = {}
         self._phase: str | None = None
         self._started = 0.0
+        self._cpu: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -150,6 +162,7 @@ class MemoryWatch:
             self.pids[side] = pid
             if self._phase is not None:
                 self.phases[self._phase][side] = {"rss_peak_mib": 0.0, "tree_pss_peak_mib": 0.0}
+                self._cpu[side] = cpu_seconds(pid)
 
     def begin(self, phase: str) -> None:
         self.end()
@@ -157,6 +170,7 @@ class MemoryWatch:
             for pid in self.pids.values():
                 reset_hwm(pid)
             self._phase, self._started = phase, time.perf_counter()
+            self._cpu = {side: cpu_seconds(pid) for side, pid in self.pids.items()}
             self.phases[phase] = {side: {"rss_peak_mib": 0.0, "tree_pss_peak_mib": 0.0} for side in self.pids}
         self._sample()
 
@@ -169,6 +183,7 @@ class MemoryWatch:
             for side, pid in self.pids.items():
                 rec[side]["vmhwm_mib"] = round(_status(pid, "VmHWM") / MiB, 1)
                 rec[side]["rss_end_mib"] = round(_status(pid, "VmRSS") / MiB, 1)
+                rec[side]["cpu_seconds"] = round(cpu_seconds(pid) - self._cpu.get(side, 0.0), 2)
             rec["seconds"] = round(time.perf_counter() - self._started, 2)  # type: ignore[assignment]
             self._phase = None
 
