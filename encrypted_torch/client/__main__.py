@@ -249,8 +249,7 @@ def _write_outputs(out: Path, workdir: Path, cfg: HetalConfig, model: torch.nn.L
     settings = {k: v for k, v in cfg.as_dict().items() if v is not None}
     settings.update({f"split_{k}": v for k, v in inference.get("splits", {}).items()})
     settings["backbone"] = inference["backbone"].get("name")
-    notes = [f"{inference['backbone'].get('skipped')} unreadable file(s) were skipped"] \
-        if inference["backbone"].get("skipped") else []
+    notes = [f"{inference['skipped']} unreadable file(s) were skipped"] if inference.get("skipped") else []
     if est is not None:
         notes.append("total time: the estimate counts every epoch up to the cap; early stopping may end sooner, "
                      "and the measurement includes feature extraction only if the cache was cold")

@@ -58,33 +58,7 @@ class Classifier:
 
     def features(self, inputs: list[str], texts: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
         """The backbone's features of ``inputs`` (paths) or ``texts``, and a name for each row."""
-        kind = self.backbone["kind"]
-        if kind == "images":
-            from ..datasets.own_data import image_features
-
-            files = _expand_images(inputs)
-            images, bad = load_images(files, self.backbone["image_size"])
-            if bad:
-                raise OwnDataError(f"cannot read {', '.join(files[i] for i in bad[:3])}; use PNG or JPEG files")
-            return image_features(images, self.backbone["image_size"], progress=False), files
-        if kind == "text":
-            from ..datasets.own_data import text_features
-
-            rows = list(texts or [])
-            for p in inputs:
-                rows += _read_texts(Path(p))
-            if not rows:
-                raise OwnDataError("no text to classify: pass files (CSV/JSONL with a text column, or TXT, one per "
-                                   "line) or --text")
-            return text_features(rows, progress=False), rows
-        xs, names = [], []
-        for p in inputs:
-            x = _read_feature_rows(Path(p))
-            xs.append(x)
-            names += [f"{p}:{i}" for i in range(len(x))]
-        if not xs:
-            raise OwnDataError("no feature file to classify")
-        x = torch.cat(xs)
+        x, names = backbone_features(self.backbone, inputs, texts)
         if x.shape[1] != self.linear.in_features:
             raise DataFormatError(f"features have {x.shape[1]} columns, the model {self.linear.in_features}")
         return x, names
@@ -98,6 +72,39 @@ class Classifier:
         with torch.no_grad():
             z = normalise_with(x, self.mean, self.std).to(self.linear.weight.dtype)
             return torch.softmax(self.linear(z), dim=1)
+
+
+def backbone_features(backbone: dict[str, Any], inputs: list[str],
+                      texts: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Raw (unnormalised) features of new inputs through the training's backbone (``inference.pt``'s record):
+    image files or folders, text files (or ``texts``), or feature files; and a name for each row."""
+    kind = backbone["kind"]
+    if kind == "images":
+        from ..datasets.own_data import image_features
+
+        files = _expand_images(inputs)
+        images, bad = load_images(files, backbone["image_size"])
+        if bad:
+            raise OwnDataError(f"cannot read {', '.join(files[i] for i in bad[:3])}; use PNG or JPEG files")
+        return image_features(images, backbone["image_size"], progress=False), files
+    if kind == "text":
+        from ..datasets.own_data import text_features
+
+        rows = list(texts or [])
+        for p in inputs:
+            rows += _read_texts(Path(p))
+        if not rows:
+            raise OwnDataError("no text to classify: pass files (CSV/JSONL with a text column, or TXT, one per "
+                               "line) or --text")
+        return text_features(rows, progress=False), rows
+    xs, names = [], []
+    for p in inputs:
+        x = _read_feature_rows(Path(p))
+        xs.append(x)
+        names += [f"{p}:{i}" for i in range(len(x))]
+    if not xs:
+        raise OwnDataError("no feature file to classify")
+    return torch.cat(xs), names
 
 
 def _expand_images(inputs: list[str]) -> list[str]:

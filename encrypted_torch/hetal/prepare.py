@@ -157,10 +157,10 @@ class PreparedRun:
 
 def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | None = None) -> PreparedRun:
     """Load and normalise features, make keys (unless given), encrypt both sets and the initial model."""
-    backbone = None
+    backbone, skipped = None, 0
     if splits is None and cfg.dataset == "own":
         own = load_own(cfg)
-        splits, backbone = own.splits, {**own.backbone, "skipped": len(own.summary.skipped)}
+        splits, backbone, skipped = own.splits, own.backbone, len(own.summary.skipped)
     splits = splits if splits is not None else load_features(cfg)
     data = encrypt_splits(cfg, splits, backend=cfg.backend, secret=secret)
     owner, d, c = data.owner, data.features, data.classes
@@ -173,7 +173,8 @@ def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | 
                  "backbone": backbone or {"kind": "features", "name": cfg.dataset, "num_features": d},
                  "normalisation": {"mean": mean, "std": std, "unit_rows": True},
                  "splits": {"train": len(splits.train[1]), "val": len(splits.val[1]), "test": len(splits.test[1]),
-                            "seed": cfg.seed}}
+                            "seed": cfg.seed},
+                 "skipped": skipped}
     return PreparedRun(cfg, owner.secret, owner, data.train, data.val, {"weight_bias": model.weight_bias.detach()},
                        data.test_plain, d, c, data.train_plain, data.val_plain, init_plain, inference)
 
