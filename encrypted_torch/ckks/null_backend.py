@@ -65,7 +65,8 @@ class DryRefresher:
     def __init__(self, ev: Evaluator) -> None:
         self.ev = ev
 
-    def refresh(self, ciphers: Any) -> list[Cipher]:
+    def refresh(self, ciphers: Any, level: int | None = None) -> list[Cipher]:
+        """Fresh (empty) ciphers at ``level`` (default: the top), as ``SecretContext.refresh`` makes them."""
         for c in ciphers:
             counters.record("refreshes", level=c.level)
-        return [self.ev.encrypt(0.0) for _ in ciphers]
+        return [self.ev.encrypt(0.0, level=level) for _ in ciphers]
