@@ -8,7 +8,8 @@ executors give the same ciphertexts bit for bit and the same op counts (``execut
 The ambient settings live here and nowhere else: one ContextVar for a block (``use_workers``,
 ``use_executor``) over one process default (``set_default_executor``, else the environment:
 ``ENCRYPTED_TORCH_EXECUTOR`` = serial | fork | ray, ``RAY_ADDRESS``). The share count is ``workers()``:
-``use_workers(n)``, else ``ENCRYPTED_TORCH_WORKERS``, else the executor's own (cores, or Ray's CPUs).
+``use_workers(n)``, else ``ENCRYPTED_TORCH_WORKERS``, else the executor's own (cores, or Ray's CPUs);
+work smaller than ``min_work()`` block products is not cut (``ENCRYPTED_TORCH_MIN_WORK``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from .executors import NAMES, Executor, ExecutorUnavailableError, SerialExecutor
 from .executors.fork import ForkExecutor, available_cores
 
 __all__ = ["MIN_WORK", "Executor", "ExecutorUnavailableError", "WorkerError", "available_cores", "current_executor",
-           "fork_map", "make_executor", "plan", "set_default_executor", "split", "use_executor", "use_workers",
-           "worker_count", "workers"]
+           "fork_map", "make_executor", "min_work", "plan", "set_default_executor", "split", "use_executor",
+           "use_workers", "worker_count", "workers"]
 
 T = TypeVar("T")
 
@@ -38,11 +39,11 @@ process costs about as much as a few dozen small products."""
 
 @dataclass(frozen=True)
 class Settings:
-    """A block's choices; None: the process default."""
+    """A block's choices; None: the process default (the environment's)."""
 
     executor: Executor | None = None
     workers: int | None = None
-    min_work: int = MIN_WORK
+    min_work: int | None = None
 
 
 _settings: contextvars.ContextVar[Settings] = contextvars.ContextVar(
@@ -150,9 +151,22 @@ def use_workers(n: int, min_work: int = MIN_WORK) -> Iterator[int]:
         _settings.reset(token)
 
 
+def min_work() -> int:
+    """Block products below which work stays in one process: ``use_workers(.., min_work)``, else
+    ``ENCRYPTED_TORCH_MIN_WORK``, else ``MIN_WORK``."""
+    n = _settings.get().min_work
+    if n is None:
+        env = os.environ.get("ENCRYPTED_TORCH_MIN_WORK", "").strip()
+        try:
+            n = int(env) if env else MIN_WORK
+        except ValueError:
+            raise ValueError(f"ENCRYPTED_TORCH_MIN_WORK must be a whole number, got {env!r}") from None
+    return n
+
+
 def worker_count(work: int) -> int:
     """``workers()`` if ``work`` (block products) is worth a fork, else 1."""
-    return workers() if work >= _settings.get().min_work else 1
+    return workers() if work >= min_work() else 1
 
 
 def plan(items: Sequence[T], work: int) -> list[list[T]]:

@@ -24,6 +24,7 @@ def _no_process_default(monkeypatch):
     """Each test starts from the environment's choice and leaves no process default behind."""
     monkeypatch.delenv("ENCRYPTED_TORCH_EXECUTOR", raising=False)
     monkeypatch.delenv("ENCRYPTED_TORCH_WORKERS", raising=False)
+    monkeypatch.delenv("ENCRYPTED_TORCH_MIN_WORK", raising=False)
     old = parallel.set_default_executor(None)
     yield
     parallel.set_default_executor(old)
@@ -46,6 +47,18 @@ def test_environment_block_and_default(monkeypatch) -> None:
         parallel.current_executor()
     with pytest.raises(ValueError, match="unknown executor 'gpu'"):
         parallel.make_executor("gpu")
+
+
+def test_min_work_settings(monkeypatch) -> None:
+    monkeypatch.setenv("ENCRYPTED_TORCH_EXECUTOR", "serial")
+    assert parallel.min_work() == parallel.MIN_WORK
+    monkeypatch.setenv("ENCRYPTED_TORCH_MIN_WORK", "0")
+    assert parallel.min_work() == 0 and parallel.worker_count(0) == 1  # serial: one share whatever the work
+    with parallel.use_workers(2, min_work=5):
+        assert parallel.min_work() == 5 and parallel.worker_count(4) == 1 and parallel.worker_count(5) == 2
+    monkeypatch.setenv("ENCRYPTED_TORCH_MIN_WORK", "some")
+    with pytest.raises(ValueError, match="ENCRYPTED_TORCH_MIN_WORK"):
+        parallel.min_work()
 
 
 def _product_and_softmax(ctx):
