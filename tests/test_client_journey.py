@@ -242,3 +242,33 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_three_commands_on_an_image_folder_infer_agrees_with_predict(tmp_path, capsys, monkeypatch):
+    """The README's journey: a server, the client trains on a folder of PNGs, then classifies new PNG files by
+    encrypted inference; the encrypted answers equal the saved model's local ones (predict)."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="image features need the vision extra")
+    from test_own_data import digits_folder
+
+    root = digits_folder(tmp_path / "imgs", per_class=10)
+    new = tmp_path / "new"
+    new.mkdir()
+    for i, f in enumerate(sorted((root / "1").glob("*.png"))[:3] + sorted((root / "2").glob("*.png"))[:3]):
+        f.rename(new / f"{i}.png")  # held out: never trained on
+    monkeypatch.setenv("ENCRYPTED_TORCH_TOKEN", TOKEN)
+    srv = TrainingServer(ServerConfig(tmp_path / "server", TOKEN.encode(), allow_plain=True))
+    port = srv.start()
+    url, work = f"ws://127.0.0.1:{port}", str(tmp_path / "work")
+    try:
+        assert client_main.main(["--server", url, "--workdir", work, "--data", str(root), "--image-size", "32",
+                                 "--cache-dir", str(tmp_path / "cache"), "--backend", "plain", "--epochs", "2"]) == 0
+        capsys.readouterr()
+        assert client_main.main(["infer", "--server", url, "--workdir", work, "--out", str(tmp_path / "inf.json"),
+                                 str(new)]) == 0
+    finally:
+        srv.shutdown()
+    assert "6 sample(s) through efficientnet-lite0" in capsys.readouterr().out
+    encrypted = json.loads((tmp_path / "inf.json").read_text())["results"][0]["classes"]
+    assert client_main.main(["predict", "--model", f"{work}/output/model.pt", "--json", str(new)]) == 0
+    local = [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
+    assert encrypted == local and len(local) == 6

@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,47 @@ def _infer(argv: list[str]) -> int:
               "installation: encrypted_torch.client.infer is missing. Use 'predict' to classify locally with "
               "the decrypted model.", file=sys.stderr)
         return 2
-    return int(module.main(argv))
+    with tempfile.TemporaryDirectory(prefix="et-infer-") as tmp:
+        try:
+            argv = _raw_inputs_as_features(argv, Path(tmp))
+        except EncTorchError as err:
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 2
+        return int(module.main(argv))
+
+
+_INFER_VALUE_OPTIONS = {"--server", "--workdir", "--token-file", "--cafile", "--batch-size", "--out"}
+_FEATURE_SUFFIXES = {".npz", ".pt"}
+
+
+def _raw_inputs_as_features(argv: list[str], tmp: Path) -> list[str]:
+    """Images (files, folders) or text files among ``infer``'s inputs become feature files of the training's
+    backbone (the workdir's inference.pt), so that new raw files go straight to encrypted inference."""
+    workdir = next((Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--workdir"), None)
+    record = workdir / "inference.pt" if workdir is not None else None
+    if record is None or not record.exists():
+        return argv
+    from .predict import backbone_features
+
+    backbone = torch.load(record, map_location="cpu", weights_only=True)["backbone"]
+    if backbone.get("kind") not in ("images", "text"):
+        return argv
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip or arg.startswith("-"):
+            skip = arg in _INFER_VALUE_OPTIONS and not skip
+            out.append(arg)
+            continue
+        path = Path(arg)
+        if path.suffix.lower() in _FEATURE_SUFFIXES:
+            out.append(arg)
+            continue
+        x, _ = backbone_features(backbone, [arg])
+        target = tmp / f"{i}_{path.stem or 'inputs'}.npz"
+        np.savez(target, x=x.numpy())
+        print(f"{arg}: {x.shape[0]} sample(s) through {backbone['name']} -> {target.name}", flush=True)
+        out.append(str(target))
+    return out
 
 
 def _train(argv: list[str]) -> int:
