@@ -254,6 +254,47 @@ def test_unplanned_requests_are_refused_and_end_the_job(tmp_path, attack_kind):
         owner.refresh([], stage="softmax max (round input)")
 
 
+@pytest.mark.parametrize("attack_kind", ["gradient_in_hetal_job", "gradient_flood", "validation_labels",
+                                         "batch_beyond_set"])
+def test_softmax_gradient_requests_beyond_the_exact_job_are_refused(tmp_path, attack_kind):
+    """The exact-softmax protocol's requests are held to the client's own job like refreshes: none in
+    a HETAL job, at most the planned number per epoch, only for training batches whose labels it kept."""
+    from encrypted_torch.data import KeptLabels
+
+    exact = attack_kind != "gradient_in_hetal_job"
+    secret = et.SecretContext.create("test", backend="plain")
+    owner = KeyOwner(secret, EarlyStopping(patience=3))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4 * BATCH, FEATURES, generator=g, dtype=torch.float64)
+    y = torch.randint(0, CLASSES, (4 * BATCH,), generator=g)
+    train = owner.encrypt_dataset(x[: 3 * BATCH], y[: 3 * BATCH], num_classes=CLASSES, batch_size=BATCH,
+                                  keep_labels=exact)
+    val = owner.encrypt_dataset(x[3 * BATCH :], y[3 * BATCH :], num_classes=CLASSES, batch_size=BATCH,
+                                name="val", keep_labels=True, shuffle=False)
+    model = Linear(FEATURES, CLASSES, init="zeros").encrypt(owner.public_context, unit=train.unit)
+    init = {"weight_bias": model.weight_bias.detach()}
+
+    def script(link: NetworkKeyOwner, data: Any, job: dict, attack: Attack) -> None:
+        logits = logits_like(link.ctx, torch.zeros(BATCH, CLASSES), data.unit).mod_switch_to(0)  # as DiagABT gives them
+        if attack_kind == "validation_labels":
+            link.softmax_gradient(logits, KeptLabels("val", 0, BATCH))
+        elif attack_kind == "batch_beyond_set":
+            link.softmax_gradient(logits, KeptLabels("train", 3, BATCH))
+        else:  # one more than an epoch's steps (3): the fourth is refused
+            for i in range(4):
+                link.softmax_gradient(logits, KeptLabels("train", i % 3, BATCH))
+                attack.bits.append(True)
+
+    job = {**JOB, "softmax": "exact"} if exact else JOB
+    with malicious_server(tmp_path, script) as (url, attack):
+        client_error = run_client(url, owner, train, val, init, job)
+    assert isinstance(client_error, JobPolicyError), client_error
+    assert isinstance(attack.error, RemoteError) and "JobPolicyError" in str(attack.error)
+    assert len(attack.bits) == (3 if attack_kind == "gradient_flood" else 0), client_error
+    with pytest.raises(JobPolicyError, match="ended this job"):
+        owner.best_state()
+
+
 def test_out_of_domain_logits_end_training_with_a_domain_error(tmp_path):
     """Validation logits beyond the softmax's domain: DomainError at the client, reported to the server."""
     owner, train, val, init, _ = client_data()

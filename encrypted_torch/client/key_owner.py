@@ -189,6 +189,9 @@ class KeyOwner:
         if layout.tiling != "horizontal" or layout.shape != (labels.rows, self.num_classes or -1):
             raise self.policy.refuse(f"logits of {layout.describe()} for a batch of {labels.rows} rows and "
                                      f"{self.num_classes} classes")
+        if self.policy.plan is not None and labels.dataset != "train":  # a job trains on its "train" set only
+            raise self.policy.refuse(f"softmax gradients on the labels of {labels.dataset!r}; "
+                                     "the job trains on 'train'")
         self.policy.check_refresh(KEY_OWNER_SOFTMAX, [c.level for c in logits.ciphers()])
         y = self.kept_labels(labels)
         z = self.secret.decrypt(logits)
