@@ -27,13 +27,16 @@ from encrypted_torch.client import KeyOwner
 from encrypted_torch.client.infer import EncryptedInference, FeatureFileError, read_features
 from encrypted_torch.client.infer import main as infer_main
 from encrypted_torch.client.remote import RemoteSession
-from encrypted_torch.errors import ContextMismatchError, SerializationError, ShapeError
+from encrypted_torch.errors import ContextMismatchError, DepthError
 from encrypted_torch.hetal.config import config_for
 from encrypted_torch.hetal.prepare import decrypt_linear, prepare_hetal
 from encrypted_torch.protocol import AuthenticationError, ProtocolError, RemoteError, SessionError
+from encrypted_torch.protocol.ciphers import encode_payloads
 from encrypted_torch.protocol.messages import InferReply, InferRequest, ServerHello, decode
 from encrypted_torch.server import Limits, ServerConfig, TrainingServer
+from encrypted_torch.tensor.enctensor import EncTensor
 from encrypted_torch.tensor.layout import BlockLayout
+from encrypted_torch.training.inference_plan import input_layout, input_level
 
 TOKEN = "loopback-inference-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +82,7 @@ def test_encrypted_logits_equal_local_inference_batched(trained):
     x = x[:150]  # three requests of 64, 64 and 22 rows
     with server_on(workdir) as (server, url):
         session = _attach(url, prep, sid)
-        inference = EncryptedInference(session, prep.train.unit, batch_size=64, num_classes=prep.num_classes)
+        inference = EncryptedInference(session, prep.job(), prep.init, batch_size=64)
         got = inference.logits(x)
         session.close()
     with torch.no_grad():
@@ -88,9 +91,8 @@ def test_encrypted_logits_equal_local_inference_batched(trained):
     assert (got - want).abs().max().item() < PLAIN_TOL
     assert torch.equal(got.argmax(1), want.argmax(1))
     st = inference.stats
-    assert (st.batches, st.rows) == (3, 150)
-    assert st.bytes_sent > 3 * len(et.encrypt(x[:1], prep.key_owner.public_context,
-                                              layout=BlockLayout((1, x.shape[1]), prep.train.unit, "grid")).to_bytes())
+    assert (st.batches, st.rows) == (3, 150) and st.bytes_sent > 0 and st.bytes_received > 0
+    assert inference.level == 3 < prep.secret.public().top_level  # DiagABT takes 3 of "fast"'s 7 levels
     record = json.loads((workdir / "sessions" / sid / "session.json").read_text())
     assert record["inferred_rows"] >= 150
 
@@ -99,7 +101,7 @@ def test_the_server_holds_no_secret_key_and_no_plaintext(trained):
     workdir, prep, sid, _ = trained
     with server_on(workdir) as (server, url):
         session = _attach(url, prep, sid)
-        EncryptedInference(session, prep.train.unit).logits(prep.test[0][:8])
+        EncryptedInference(session, prep.job(), prep.init).logits(prep.test[0][:8])
         ctx = server.sessions.get(sid).context()
         session.close()
     assert isinstance(ctx, et.PublicContext) and not isinstance(ctx, et.SecretContext)
@@ -140,9 +142,7 @@ def test_another_key_is_refused(trained):
         with pytest.raises(ContextMismatchError, match="another key owner"):  # its fingerprint, at the hello
             _attach(url, prep, sid, KeyOwner(other))
         session = _attach(url, prep, sid)  # the right key's session, another key's ciphertexts
-        x = et.encrypt(prep.test[0][:4], other.public(), layout=BlockLayout((4, prep.in_features),
-                                                                           prep.train.unit, "grid"))
-        session.channel.send(InferRequest(1, 4, x.to_bytes()))
+        session.channel.send(InferRequest(1, 4, _ciphers(other, prep.test[0][:4], prep.train.unit, 3)))
         with pytest.raises(ContextMismatchError, match="another key"):
             session.channel.expect(InferReply, 30)
 
@@ -155,30 +155,33 @@ def test_limits_are_typed_errors_naming_the_flag(trained, case):
     with server_on(workdir, **limits) as (server, url):
         session = _attach(url, prep, sid)
         with pytest.raises(SessionError, match=flag):
-            EncryptedInference(session, prep.train.unit, batch_size=64).logits(prep.test[0][:64])
+            EncryptedInference(session, prep.job(), prep.init, batch_size=64).logits(prep.test[0][:64])
+
+
+def _ciphers(secret, x, unit, level: int, drop: int = 0) -> bytes:
+    """Features as the client sends them (a cipher list at ``level``), less the last ``drop`` blocks."""
+    packed = input_layout(x.shape[0], x.shape[1], unit).pack(x.double().numpy())
+    vectors = [packed[i, j] for i in range(packed.shape[0]) for j in range(packed.shape[1])]
+    records, payloads = secret.encrypt_payloads(vectors[: len(vectors) - drop], level)
+    return encode_payloads(secret.fingerprint, records, payloads)
 
 
 def _bad_request(prep, case: str) -> InferRequest:
-    pub, d, unit = prep.key_owner.public_context, prep.in_features, prep.train.unit
-    x = prep.test[0][:8]
+    x, unit = prep.test[0][:8], prep.train.unit
     if case == "declared_rows":  # 1 row declared, more bytes than its blocks can need
-        big = et.encrypt(prep.test[0][:64], pub, layout=BlockLayout((64, d), unit, "grid"))
-        return InferRequest(2, 1, big.to_bytes() + b"\0" * (4 << 20))
-    if case == "layout":
-        return InferRequest(2, 8, et.encrypt(x, pub, layout=BlockLayout((8, d), unit, "horizontal")).to_bytes())
-    if case == "features":
-        return InferRequest(2, 8, et.encrypt(x[:, :-1], pub, layout=BlockLayout((8, d - 1), unit, "grid")).to_bytes())
+        return InferRequest(2, 1, _ciphers(prep.secret, x, unit, 3) + b"\0" * (4 << 20))
+    if case == "count":
+        return InferRequest(2, 8, _ciphers(prep.secret, x, unit, 3, drop=1))
     if case == "stale":
-        return InferRequest(2, 8, (et.encrypt(x, pub, layout=BlockLayout((8, d), unit, "grid")) * 0.5).to_bytes())
-    return InferRequest(2, 8, b"not an EncTensor")
+        return InferRequest(2, 8, _ciphers(prep.secret, x, unit, 2))
+    return InferRequest(2, 8, b"not a cipher list")
 
 
 @pytest.mark.parametrize("case,error,match", [
     ("declared_rows", ProtocolError, "can need"),
-    ("layout", ShapeError, "rows × in_features"),
-    ("features", ShapeError, "rows × in_features"),
-    ("stale", ProtocolError, "afresh"),
-    ("garbage", SerializationError, None),
+    ("count", ProtocolError, "were asked for"),
+    ("stale", ProtocolError, "needs level 3 or more"),
+    ("garbage", et.SerializationError, None),
 ])
 def test_bad_requests_are_typed_errors_and_the_server_keeps_serving(trained, case, error, match):
     workdir, prep, sid, local = trained
@@ -188,9 +191,37 @@ def test_bad_requests_are_typed_errors_and_the_server_keeps_serving(trained, cas
         with pytest.raises(error, match=match):
             session.channel.expect(InferReply, 30)
         again = _attach(url, prep, sid)
-        got = EncryptedInference(again, prep.train.unit).logits(prep.test[0][:8])
+        got = EncryptedInference(again, prep.job(), prep.init).logits(prep.test[0][:8])
         again.close()
     assert (got - local(prep.test[0][:8].double()).detach()).abs().max().item() < PLAIN_TOL
+
+
+def test_the_planned_input_level_is_the_real_one(trained, seal_ctx):
+    """The dry run's level is the lowest at which the real forward pass runs: one below raises DepthError."""
+    from encrypted_torch.nn.linear import Linear
+
+    _, prep, _, local = trained
+    for secret, unit in ((prep.secret, prep.train.unit), (seal_ctx, (64, 64))):
+        pub, d = secret.public(), prep.in_features
+        model = Linear(d, prep.num_classes)
+        model.load_state_dict({"weight": local.weight.detach(), "bias": local.bias.detach()})
+        model.encrypt(pub, unit=unit)
+        job = {**prep.job(), "in_features": d}
+        level = input_level(pub, job, {"weight_bias": model.weight_bias.layout})
+        x = prep.test[0][:8]
+        packed = input_layout(8, d, unit).pack(x.double().numpy())
+        vectors = [packed[0, j] for j in range(packed.shape[1])]
+        for lv in (level, level - 1):
+            blocks = [secret.encrypt_vectors(vectors, lv)]
+            enc = EncTensor(blocks, input_layout(8, d, unit), pub)
+            with et.no_grad():
+                if lv == level:
+                    got = secret.decrypt(model(enc))
+                    tol = 1e-9 if secret is prep.secret else 1e-4
+                    assert (got - local(x.double()).detach()).abs().max().item() < tol
+                else:
+                    with pytest.raises(DepthError):
+                        model(enc)
 
 
 def test_no_trained_model_yet(trained):
@@ -199,7 +230,7 @@ def test_no_trained_model_yet(trained):
         session = RemoteSession(url, TOKEN, KeyOwner(prep.secret), timeout=60)
         session.connect()  # a new session: nothing uploaded, nothing trained
         with pytest.raises(SessionError, match="no trained model yet"):
-            EncryptedInference(session, prep.train.unit).logits(prep.test[0][:4])
+            EncryptedInference(session, prep.job(), prep.init).logits(prep.test[0][:4])
 
 
 def test_feature_files(tmp_path):
@@ -285,9 +316,9 @@ def test_seal_cli_train_then_infer_equals_local_inference(tmp_path):
         assert train.returncode == 0, train.stderr[-2000:]
         test = np.load(client / "test.npz")
         np.savez(tmp_path / "new.npz", x=test["x"][:100], y=test["y"][:100])
-        infer = subprocess.run([sys.executable, "-c", "import sys; from encrypted_torch.client.infer import main; "
-                                "sys.exit(main(sys.argv[1:]))", "--server", url, "--workdir", str(client),
-                                "--batch-size", "64", "--out", str(tmp_path / "pred.json"), str(tmp_path / "new.npz")],
+        infer = subprocess.run([sys.executable, "-m", "encrypted_torch.client", "infer", "--server", url, "--workdir",
+                                str(client), "--batch-size", "64", "--normalised", "--out", str(tmp_path / "pred.json"),
+                                str(tmp_path / "new.npz")],
                                env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert infer.returncode == 0, infer.stderr[-2000:]
     finally:

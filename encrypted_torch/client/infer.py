@@ -6,7 +6,7 @@ decrypts them, so the server learns neither inputs nor outputs (only the row cou
 owner answers nothing in this exchange: it only asks.
 
 >>> session = RemoteSession(url, token, owner, session_id=sid); session.connect()   # doctest: +SKIP
->>> classes = EncryptedInference(session, unit=(128, 64)).predict(x)                  # doctest: +SKIP
+>>> classes = EncryptedInference(session, job, init_model).predict(x)                 # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ from websockets.exceptions import WebSocketException
 from ..ckks.secret import SecretContext
 from ..errors import EncTorchError, ShapeError
 from ..hetal.prepare import normalise_with
+from ..protocol.ciphers import encode_payloads
 from ..protocol.errors import ConnectionLostError, ProtocolError, SessionError
 from ..protocol.messages import MAX_INFER_ROWS, InferReply, InferRequest
 from ..storage.atomic import atomic_write_json
-from ..storage.dataset import read_manifest
+from ..storage.checkpoint import load_checkpoint
 from ..storage.jsonio import loads_strict
-from ..tensor.enctensor import EncTensor, encrypt
+from ..tensor.enctensor import EncTensor
 from ..tensor.layout import BlockLayout
 from ..training.early_stopping import EarlyStopping
+from ..training.inference_plan import input_layout, input_level, model_unit
+from ..training.job import BUILDERS, Builder, validate_job
 from .key_owner import KeyOwner
 from .remote import RemoteSession, token_from_env_or_file
 
@@ -62,16 +65,25 @@ class InferenceStats:
 class EncryptedInference:
     """Logits of new samples from a finished remote session's encrypted model, computed by the server.
 
-    ``unit``: the training data's block shape (the model's); ``batch_size``: rows per request
-    (the server refuses more than its ``--max-infer-rows``). A dropped connection is reopened
-    once per batch and the batch sent again.
+    ``job``: the job the session trained; ``weights``: its parameters' layouts (or the initial
+    encrypted model itself), from which the key owner computes, with its own copy of the job's
+    builder, the level to encrypt at (``training.inference_plan``). ``batch_size``: rows per request
+    (the server refuses more than its ``--max-infer-rows``). Features travel as seeded secret-key
+    encryptions where the backend has them (half the bytes). A dropped connection is reopened once
+    per batch and the batch sent again.
     """
 
-    def __init__(self, session: RemoteSession, unit: tuple[int, int], *, batch_size: int = DEFAULT_BATCH,
-                 num_classes: int | None = None) -> None:
+    def __init__(self, session: RemoteSession, job: dict[str, Any], weights: dict[str, EncTensor | BlockLayout], *,
+                 batch_size: int = DEFAULT_BATCH, builders: dict[str, Builder] | None = None) -> None:
         if not 1 <= batch_size <= MAX_INFER_ROWS:
             raise ShapeError(f"batch_size must be in [1, {MAX_INFER_ROWS}], got {batch_size}")
-        self.session, self.unit, self.batch_size, self.num_classes = session, tuple(unit), batch_size, num_classes
+        builders = BUILDERS if builders is None else builders
+        self.job = validate_job(job, builders)
+        layouts = {k: v.layout if isinstance(v, EncTensor) else v for k, v in weights.items()}
+        self.session, self.batch_size = session, batch_size
+        self.unit = model_unit(layouts)
+        self.level = input_level(session.ctx, self.job, layouts, builders)
+        self.in_features, self.num_classes = int(self.job["in_features"]), int(self.job["out_features"])
         self.stats = InferenceStats()
         self._ids = itertools.count()
 
@@ -80,6 +92,8 @@ class EncryptedInference:
         x = torch.as_tensor(x)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ShapeError(f"features must be (samples, features) with samples > 0, got {tuple(x.shape)}")
+        if x.shape[1] != self.in_features:
+            raise ShapeError(f"features have {x.shape[1]} columns; the model was trained on {self.in_features}")
         if not torch.isfinite(x).all():
             raise ShapeError("features hold NaN or inf; clean them before inference")
         return torch.cat([self._batch(x[i: i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)])
@@ -92,8 +106,10 @@ class EncryptedInference:
         owner, st = self.session.key_owner, self.stats
         rows = xb.shape[0]
         t0 = time.perf_counter()
-        enc = encrypt(xb, owner.public_context, layout=BlockLayout((rows, xb.shape[1]), self.unit, "grid"))
-        request = InferRequest(next(self._ids), rows, enc.to_bytes())
+        packed = input_layout(rows, self.in_features, self.unit).pack(xb.double().numpy())
+        records, payloads = owner.secret.encrypt_payloads(
+            [packed[i, j] for i in range(packed.shape[0]) for j in range(packed.shape[1])], self.level)
+        request = InferRequest(next(self._ids), rows, encode_payloads(owner.fingerprint, records, payloads))
         t1 = time.perf_counter()
         reply = self._ask(request)
         t2 = time.perf_counter()
@@ -101,9 +117,8 @@ class EncryptedInference:
             raise ProtocolError(f"infer_reply {reply.request_id} of {reply.rows} rows for request "
                                 f"{request.request_id} of {rows}")
         out = EncTensor.from_bytes(reply.logits, owner.public_context)
-        if out.shape[0] != rows or (self.num_classes is not None and out.shape[1] != self.num_classes):
-            raise ProtocolError(f"logits of shape {tuple(out.shape)} for {rows} rows"
-                                + (f" and {self.num_classes} classes" if self.num_classes else ""))
+        if tuple(out.shape) != (rows, self.num_classes):
+            raise ProtocolError(f"logits of shape {tuple(out.shape)} for {rows} rows and {self.num_classes} classes")
         logits = owner.decrypt(out)
         st.batches, st.rows = st.batches + 1, st.rows + rows
         st.encrypt_seconds += t1 - t0
@@ -219,14 +234,16 @@ def main(argv: list[str]) -> int:
 
 
 def open_trained_session(server: str, workdir: Path, token: bytes, cafile: Path | None = None
-                         ) -> tuple[RemoteSession, dict[str, Any], tuple[int, int]]:
-    """The finished session a training client's workdir names, connected: (session, client record, unit)."""
+                         ) -> tuple[RemoteSession, dict[str, Any], dict[str, EncTensor]]:
+    """The finished session a training client's workdir names, connected: (session, client record,
+    the initial encrypted model, whose layouts the trained one has)."""
     record_path = workdir / "client.json"
     if not record_path.exists() or not (workdir / "session_state.et").exists():
         raise SessionError(f"{workdir} is not a training client's workdir (no client.json / session_state.et); "
                            "pass the --workdir of `python -m encrypted_torch.client` that trained the model")
     record = loads_strict(record_path.read_bytes(), "client record")
     secret = SecretContext.from_bytes((workdir / "secret_context.et").read_bytes())
+    init = load_checkpoint(workdir / "init_model.et", secret.public())["model"]
     owner = KeyOwner(secret, EarlyStopping(patience=int(record["config"].get("patience", 3))))
     session = RemoteSession(server, token, owner, state_path=workdir / "session_state.et", cafile=cafile)
     if session.session_id is None:
@@ -236,7 +253,7 @@ def open_trained_session(server: str, workdir: Path, token: bytes, cafile: Path 
         session.close()
         raise SessionError(f"session {session.session_id[:8]}… is at stage {status.get('stage')!r}: "
                            "finish training (run the training command again) before inference")
-    return session, record, tuple(read_manifest(workdir / "data" / "train").unit)
+    return session, record, init
 
 
 def _inference_record(workdir: Path) -> dict[str, Any] | None:
@@ -258,7 +275,7 @@ def _inference_record(workdir: Path) -> dict[str, Any] | None:
 def _run(args: argparse.Namespace) -> int:
     token = token_from_env_or_file(args.token_file)
     inputs = [(path, *read_features(path)) for path in args.files]
-    session, record, unit = open_trained_session(args.server, args.workdir, token, args.cafile)
+    session, record, init = open_trained_session(args.server, args.workdir, token, args.cafile)
     d = int(record["in_features"])
     for path, x, _ in inputs:
         if x.shape[1] != d:
@@ -273,8 +290,7 @@ def _run(args: argparse.Namespace) -> int:
         norm = meta["normalisation"]
         inputs = [(p, normalise_with(x, norm["mean"], norm["std"]), y) for p, x, y in inputs]
     classes = None if meta is None else meta.get("classes")
-    inference = EncryptedInference(session, unit, batch_size=args.batch_size,
-                                   num_classes=int(record["job"]["out_features"]))
+    inference = EncryptedInference(session, record["job"], init, batch_size=args.batch_size)
     results = []
     try:
         for path, x, y in inputs:

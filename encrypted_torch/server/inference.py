@@ -7,9 +7,10 @@ learns the row count and the timing, nothing else; the key owner answers nothing
 no verdict), so inference opens no oracle on the client's side.
 
 Depth: the stored model is the key owner's fresh encryption of the best epoch's weights (the
-trainer loads ``best_state()`` when training ends), at the top level, and the client encrypts its
-features afresh; a product of two top-level operands fits every preset, so no refresh is ever
-needed. Both are checked here, before any product, with an error naming the fix.
+trainer loads ``best_state()`` when training ends), at the top level, so no refresh is ever needed.
+The client encrypts its features at the lowest level the forward pass takes them at (a dry run both
+sides make, ``training.inference_plan``: 3 of 7 for ``hetal-linear`` at preset "fast", which halves
+the bytes and the product's time). Both levels are checked here, before any product.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ from __future__ import annotations
 from typing import Any
 
 from ..autograd import no_grad
-from ..errors import EncTorchError, ShapeError
+from ..errors import EncTorchError
 from ..protocol.channel import Channel
+from ..protocol.ciphers import decode_ciphers
 from ..protocol.errors import ProtocolError, SessionError
 from ..protocol.messages import InferReply, InferRequest
 from ..storage.checkpoint import load_checkpoint
 from ..storage.jsonio import loads_strict
 from ..tensor.enctensor import EncTensor
-from ..tensor.layout import BlockLayout
+from ..training.inference_plan import input_layout, input_level, model_unit
 from .job import validate_job
 from .limits import cipher_bytes
 
-FRAMING_BYTES = 64 << 10  # an EncTensor's metadata and section headers, beyond its ciphertexts
+FRAMING_BYTES = 64 << 10  # a cipher list's metadata and section headers, beyond its ciphertexts
 
 
 class InferenceService:
@@ -43,6 +45,7 @@ class InferenceService:
         self._model: Any = None
         self._in_features = 0
         self._unit: tuple[int, int] = (0, 0)
+        self._level = 0  # the lowest level the model's forward pass takes its input at (inference_plan)
         self._cipher_bytes = 0
         self.requests = 0
 
@@ -71,21 +74,20 @@ class InferenceService:
         channel.send(InferReply(msg.request_id, msg.rows, logits.to_bytes()))
 
     def _features(self, msg: InferRequest, ctx: Any) -> EncTensor:
-        """The request's EncTensor, its size bounded by the rows it declares before it is parsed."""
-        layout = BlockLayout((msg.rows, self._in_features), self._unit, "grid")
+        """The request's ciphertexts as the model's input, their bytes bounded by the declared rows first."""
+        layout = input_layout(msg.rows, self._in_features, self._unit)
         n_a, n_b = layout.grid
         bound = n_a * n_b * (2 * self._cipher_bytes + 1024) + FRAMING_BYTES
         if len(msg.x) > bound:
             raise ProtocolError(f"infer_request: {len(msg.x)} bytes for {msg.rows} rows × {self._in_features} "
                                 f"features, over the {bound} bytes their {n_a * n_b} blocks can need")
-        x = EncTensor.from_bytes(msg.x, ctx)  # ContextMismatchError for another key's ciphertexts
-        if x.layout != layout:
-            raise ShapeError(f"infer_request: features arrived as {x.layout.describe()}; this model reads "
-                             f"{layout.describe()} (rows × in_features in the training data's block shape)")
-        if x.level < ctx.top_level:
-            raise ProtocolError(f"infer_request: features at level {x.level}, below the top level {ctx.top_level}; "
-                                "encrypt them afresh (the product needs a fresh operand)")
-        return x
+        # ContextMismatchError for another key's ciphertexts, ProtocolError for another count
+        ciphers = decode_ciphers(msg.x, ctx, expected=n_a * n_b)
+        low = sorted({c.level for c in ciphers if c.level < self._level})
+        if low:
+            raise ProtocolError(f"infer_request: features at level(s) {low}; this model's forward pass needs "
+                                f"level {self._level} or more: encrypt them afresh at that level")
+        return EncTensor([ciphers[i: i + n_b] for i in range(0, len(ciphers), n_b)], layout, ctx)
 
     def _load(self) -> Any:
         """The session's model, built by the job's builder from the stored final state (checked fresh)."""
@@ -97,15 +99,14 @@ class InferenceService:
         state = load_checkpoint(session.dir / "final_model.et", ctx)["model"]
         if not state or not all(isinstance(t, EncTensor) for t in state.values()):
             raise SessionError("the stored final model holds no encrypted parameters")
-        units = {tuple(t.layout.unit) for t in state.values()}
-        if len(units) != 1:
-            raise SessionError(f"the stored final model mixes block shapes {sorted(units)}")
         low = {k: t.level for k, t in state.items() if t.level < ctx.top_level}
         if low:
             raise SessionError(f"the stored model's {sorted(low)} are at level(s) {sorted(set(low.values()))}, below "
                                f"the top level {ctx.top_level}: it is not the key owner's fresh best state, so a "
                                "product could run out of levels; train again with this server version")
-        self._unit = units.pop()
+        layouts = {k: t.layout for k, t in state.items()}
+        self._unit = model_unit(layouts)
+        self._level = input_level(ctx, job, layouts, session.builders)
         self._in_features = int(job["in_features"])
         try:
             self._model, _, _ = session.builders[job["model"]](ctx, job, state, self._unit)
