@@ -14,6 +14,7 @@ benchmarks/results/inference.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -31,6 +32,9 @@ from encrypted_torch.tensor.layout import BlockLayout
 
 TOKEN = b"benchmark-inference-token-0123456789"
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.md"
+#: (name, input level, seeded): the plan's level with seeded secret-key encryptions (what the client
+#: sends), and fresh public-key-sized encryptions at the top level (the naive way), in turn
+MODES = (("planned+seeded", "planned", True), ("top", "top", False))
 
 
 def synthetic(n: int, d: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,16 +77,19 @@ def main() -> None:
             print(f"training (1 step + validation): {time.perf_counter() - t0:.1f} s", flush=True)
             local = decrypt_linear(session.fetch_model(), prep.secret, prep.in_features)
             x = prep.test[0]
+            top = prep.secret.public().top_level
             for rows in args.batches:
-                for rep in range(args.repeats):
-                    inference = EncryptedInference(session, prep.train.unit, batch_size=rows, num_classes=c)
+                for rep, (mode, level, seeded) in itertools.product(range(args.repeats), MODES):
+                    inference = EncryptedInference(session, prep.job(), prep.init, batch_size=rows,
+                                                   level=top if level == "top" else None, seeded=seeded)
                     t0 = time.perf_counter()
                     got = inference.logits(x[:rows])
                     total = time.perf_counter() - t0
                     with torch.no_grad():
                         err = (got - local(x[:rows].double())).abs().max().item()
                     st = inference.stats
-                    rows_out.append({"rows": rows, "rep": rep, "total": total, "encrypt": st.encrypt_seconds,
+                    rows_out.append({"rows": rows, "mode": mode, "level": inference.level, "rep": rep, "total": total,
+                                     "encrypt": st.encrypt_seconds,
                                      "round_trip": st.server_seconds, "decrypt": st.decrypt_seconds,
                                      "sent": st.bytes_sent, "received": st.bytes_received, "err": err,
                                      "blocks": BlockLayout((rows, d), prep.train.unit, "grid").grid})
@@ -95,19 +102,24 @@ def main() -> None:
 
 def write_table(args: argparse.Namespace, unit: tuple[int, int], rows: list[dict]) -> None:
     lines = [f"# Encrypted inference per batch ({args.backend}, preset {args.preset}, {args.features} features "
-             f"+ bias, {args.classes} classes, unit {tuple(unit)}; median of {args.repeats}, in-process server on "
-             "loopback, 2 shared cores)", "",
-             "| rows | blocks (x) | total s | encrypt s | round trip s | decrypt s | sent MB | received MB | "
-             "ms/row | max abs err vs torch |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"+ bias, {args.classes} classes, unit {tuple(unit)}; median of {args.repeats}, the two modes in turn, "
+             "in-process server on loopback, 2 shared cores)", "",
+             "`python -m benchmarks.inference`. planned+seeded: features at the level the forward pass needs "
+             "(training.inference_plan), seeded secret-key encryptions (what client.infer sends); top: fresh "
+             "full-size encryptions at the top level. Round trip = sending, the server's product, the reply.", "",
+             "| rows | mode | input level | blocks (x) | total s | encrypt s | round trip s | decrypt s | sent MB | "
+             "received MB | ms/row | max abs err vs torch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in args.batches:
-        rs = [r for r in rows if r["rows"] == n]
+        for mode, _, _ in MODES:
+            rs = [r for r in rows if r["rows"] == n and r["mode"] == mode]
 
-        def med(k: str, rs: list[dict] = rs) -> float:
-            return statistics.median(r[k] for r in rs)
+            def med(k: str, rs: list[dict] = rs) -> float:
+                return statistics.median(r[k] for r in rs)
 
-        lines.append(f"| {n} | {rs[0]['blocks'][0]}×{rs[0]['blocks'][1]} | {med('total'):.2f} | {med('encrypt'):.2f} | "
-                     f"{med('round_trip'):.2f} | {med('decrypt'):.3f} | {med('sent') / 1e6:.1f} | "
-                     f"{med('received') / 1e6:.2f} | {1000 * med('total') / n:.2f} | {max(r['err'] for r in rs):.2g} |")
+            lines.append(f"| {n} | {mode} | {rs[0]['level']} | {rs[0]['blocks'][0]}×{rs[0]['blocks'][1]} | "
+                         f"{med('total'):.2f} | {med('encrypt'):.2f} | {med('round_trip'):.2f} | "
+                         f"{med('decrypt'):.3f} | {med('sent') / 1e6:.1f} | {med('received') / 1e6:.2f} | "
+                         f"{1000 * med('total') / n:.2f} | {max(r['err'] for r in rs):.2g} |")
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -26,7 +26,7 @@ import torch
 from websockets.exceptions import WebSocketException
 
 from ..ckks.secret import SecretContext
-from ..errors import EncTorchError, ShapeError
+from ..errors import DepthError, EncTorchError, ShapeError
 from ..hetal.prepare import normalise_with
 from ..protocol.ciphers import encode_payloads
 from ..protocol.errors import ConnectionLostError, ProtocolError, SessionError
@@ -67,14 +67,16 @@ class EncryptedInference:
 
     ``job``: the job the session trained; ``weights``: its parameters' layouts (or the initial
     encrypted model itself), from which the key owner computes, with its own copy of the job's
-    builder, the level to encrypt at (``training.inference_plan``). ``batch_size``: rows per request
-    (the server refuses more than its ``--max-infer-rows``). Features travel as seeded secret-key
-    encryptions where the backend has them (half the bytes). A dropped connection is reopened once
-    per batch and the batch sent again.
+    builder, the level to encrypt at (``training.inference_plan``; ``level`` may raise it, e.g. to
+    the top for a comparison). ``batch_size``: rows per request (the server refuses more than its
+    ``--max-infer-rows``). Features travel as seeded secret-key encryptions where the backend has
+    them (half the bytes; ``seeded=False``: full ones). A dropped connection is reopened once per
+    batch and the batch sent again.
     """
 
     def __init__(self, session: RemoteSession, job: dict[str, Any], weights: dict[str, EncTensor | BlockLayout], *,
-                 batch_size: int = DEFAULT_BATCH, builders: dict[str, Builder] | None = None) -> None:
+                 batch_size: int = DEFAULT_BATCH, builders: dict[str, Builder] | None = None,
+                 level: int | None = None, seeded: bool = True) -> None:
         if not 1 <= batch_size <= MAX_INFER_ROWS:
             raise ShapeError(f"batch_size must be in [1, {MAX_INFER_ROWS}], got {batch_size}")
         builders = BUILDERS if builders is None else builders
@@ -82,7 +84,10 @@ class EncryptedInference:
         layouts = {k: v.layout if isinstance(v, EncTensor) else v for k, v in weights.items()}
         self.session, self.batch_size = session, batch_size
         self.unit = model_unit(layouts)
-        self.level = input_level(session.ctx, self.job, layouts, builders)
+        planned, top = input_level(session.ctx, self.job, layouts, builders), session.ctx.top_level
+        if level is not None and not planned <= level <= top:
+            raise DepthError("encrypted inference's input", planned, level, f"choose a level in [{planned}, {top}]")
+        self.level, self.seeded = planned if level is None else level, seeded
         self.in_features, self.num_classes = int(self.job["in_features"]), int(self.job["out_features"])
         self.stats = InferenceStats()
         self._ids = itertools.count()
@@ -108,7 +113,7 @@ class EncryptedInference:
         t0 = time.perf_counter()
         packed = input_layout(rows, self.in_features, self.unit).pack(xb.double().numpy())
         records, payloads = owner.secret.encrypt_payloads(
-            [packed[i, j] for i in range(packed.shape[0]) for j in range(packed.shape[1])], self.level)
+            [packed[i, j] for i in range(packed.shape[0]) for j in range(packed.shape[1])], self.level, self.seeded)
         request = InferRequest(next(self._ids), rows, encode_payloads(owner.fingerprint, records, payloads))
         t1 = time.perf_counter()
         reply = self._ask(request)
