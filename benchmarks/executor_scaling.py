@@ -174,15 +174,13 @@ def predict(dry: dict[str, Any], costs: dict, top: int, sizes: dict[int, int], w
 
 
 # --- run ---------------------------------------------------------------------------------------------
-def measure(args: argparse.Namespace, shape: tuple[int, int, int]) -> dict[str, Any]:
-    """Part 1: interleaved SEAL steps on each executor, Ray's bytes and wire costs."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=args.store_mb << 20)
-    executors = {"serial": (SerialExecutor(), 1), "fork": (ForkExecutor(), 2), "ray": (RayExecutor(), 2)}
+def measure(args: argparse.Namespace, shape: tuple[int, int, int], ray_executor: RayExecutor) -> dict[str, Any]:
+    """Part 1: interleaved SEAL steps on each executor (preset ``--measure-preset``), Ray's bytes per step."""
+    executors = {"serial": (SerialExecutor(), 1), "fork": (ForkExecutor(), 2), "ray": (ray_executor, 2)}
     t0 = time.perf_counter()
-    setup = scaling.make_step(shape, args.preset, "seal")
+    setup = scaling.make_step(shape, args.measure_preset, "seal")
     print(f"keys and data: {time.perf_counter() - t0:.0f} s", flush=True)
-    wire = wire_costs(setup.secret, executors["ray"][0])
-    print("wire", json.dumps(wire), flush=True)
+    before = ray_executor.stats.context_bytes
     measured: dict[str, list[dict]] = {k: [] for k in executors}
     for name in ("fork", "ray"):  # warm-up (plans, caches; Ray's workers load the keys)
         timed_step(setup, *executors[name], args.min_work)
@@ -191,37 +189,51 @@ def measure(args: argparse.Namespace, shape: tuple[int, int, int]) -> dict[str, 
             measured[name].append(timed_step(setup, *executors[name], args.min_work))
             m = measured[name][-1]
             print(f"{name}: wall {m['wall']:.1f} s cpu {m['cpu']:.1f} s moved {m['moved']}", flush=True)
-    context_bytes = executors["ray"][0].stats.context_bytes
-    ray.shutdown()
-    return {"measured": measured, "wire": wire, "context_bytes": context_bytes}
+    return {"measured": measured, "context_bytes": ray_executor.stats.context_bytes - before}
 
 
-def model_part(args: argparse.Namespace, shape: tuple[int, int, int], wire: dict[str, float]) -> dict[str, Any]:
-    """Part 2: per-op costs and ciphertext sizes on real keys (one rotation key is enough), dry runs at each N."""
-    light = SecretContext.create(args.preset, rotations=[1], backend="seal")
-    costs = ts.op_costs(light, repeats=args.cost_repeats)
-    sizes = cipher_bytes(light)
-    top = get_params(args.preset).levels
+def costs_part(args: argparse.Namespace, preset: str, ray_executor: RayExecutor) -> dict[str, Any]:
+    """Per-op CPU costs, ciphertext sizes and wire costs on real keys of ``preset`` (one rotation key is
+    enough: an op's cost does not depend on how many other keys exist)."""
+    light = SecretContext.create(preset, rotations=[1], backend="seal")
+    out = {"costs": ts.op_costs(light, repeats=args.cost_repeats), "sizes": cipher_bytes(light),
+           "wire": wire_costs(light, ray_executor)}
+    print("wire", json.dumps(out["wire"]), flush=True)
+    return out
+
+
+def model_part(args: argparse.Namespace, shape: tuple[int, int, int], part0: dict[str, Any], preset: str,
+               cores: list[int]) -> dict[str, Any]:
+    """Part 2: dry runs at each N, priced."""
+    top = get_params(preset).levels
     model = {}
-    for n in CORES:
-        dry = dry_run(shape, args.preset, n, args.min_work)
-        model[n] = {"fork": predict(dry, costs, top, sizes, None, n, args.cores_per_node, args.bandwidth),
-                    "ray": predict(dry, costs, top, sizes, wire, n, args.cores_per_node, args.bandwidth)}
+    for n in cores:
+        dry = dry_run(shape, preset, n, args.min_work)
+        model[n] = {k: predict(dry, part0["costs"], top, part0["sizes"], wire, n, args.cores_per_node,
+                               args.bandwidth) for k, wire in (("fork", None), ("ray", part0["wire"]))}
         print(n, json.dumps(model[n]["ray"]), flush=True)
-    return {"model": model, "sizes": sizes}
+    return model
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = tuple(int(v) for v in args.shape.split(","))
     t0 = time.perf_counter()
-    part1 = measure(args, shape)
-    part2 = model_part(args, shape, part1["wire"])
-    return {"shape": shape, "preset": args.preset, **part1, **part2, "seconds": time.perf_counter() - t0,
-            "args": vars(args)}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=args.store_mb << 20)
+    ray_executor = RayExecutor()
+    part0 = costs_part(args, args.preset, ray_executor)
+    same = args.measure_preset == args.preset
+    part0m = part0 if same else costs_part(args, args.measure_preset, ray_executor)
+    part1 = measure(args, shape, ray_executor)
+    ray.shutdown()
+    model = model_part(args, shape, part0, args.preset, CORES)
+    check = model if same else model_part(args, shape, part0m, args.measure_preset, [1, 2])
+    return {"shape": shape, "preset": args.preset, "measure_preset": args.measure_preset, **part1,
+            "sizes": part0["sizes"], "wire": part0["wire"], "wire_measured": part0m["wire"], "model": model,
+            "check": check, "seconds": time.perf_counter() - t0, "args": vars(args)}
 
 
 def render(res: dict[str, Any]) -> str:
-    m, model, a, wire = res["measured"], res["model"], res["args"], res["wire"]
+    m, model, a, wire, check = res["measured"], res["model"], res["args"], res["wire"], res["check"]
     walls = {k: [r["wall"] for r in v] for k, v in m.items()}
     ratios = [r / f for r, f in zip(walls["ray"], walls["fork"], strict=False)]
     speedups = [s / f for s, f in zip(walls["serial"], walls["fork"], strict=False)]
@@ -229,7 +241,8 @@ def render(res: dict[str, Any]) -> str:
     moved = m["ray"][-1]["moved"] if m["ray"] else {}
     per_step = sum(moved.get(k, 0) for k in ("function_bytes", "share_bytes", "result_bytes", "refresh_bytes"))
     by_level = ", ".join(f"L{k}: {v / 2**20:.2f} MB" for k, v in sorted(res["sizes"].items()))
-    lines = [f"# Ray vs fork, and a scaling model, at {tuple(res['shape'])} (preset {res['preset']!r}, SEAL)", "",
+    lines = [f"# Ray vs fork, and a scaling model, at {tuple(res['shape'])} (SEAL; model on preset "
+             f"{res['preset']!r}, measured steps on preset {res['measure_preset']!r})", "",
              "`python -m benchmarks.executor_scaling`: one training step (forward DiagABT, softmax-CE, DiagATB, "
              "SGD Nesterov, refreshes by the key owner in the driver), interleaved "
              f"{' → '.join(a['order'])}, {a['pairs']} round(s) after a warm-up of each.", "",
@@ -264,14 +277,15 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"| {n} | {r['shares']} | {r['maps']} | {r['serial']:.2f} | {r['critical']:.2f} | "
                      f"{r['overhead']:.2f} | {f['seconds']:.2f} | {r['seconds']:.2f} | {t1 / r['seconds']:.2f}× | "
                      f"{t1 / (n * r['seconds']):.2f} |")
-    lines += ["", "Validation (measured median wall vs predicted; the op costs are CPU times, so on a shared "
+    lines += ["", f"Validation on the measured preset {res['measure_preset']!r} (its own op costs and dry runs; "
+              "measured median wall vs predicted; the op costs are CPU times, so on a shared "
               "machine the wall runs above them by the load: the last column scales the prediction by the "
               "1-core step's measured/predicted, i.e. calibrates at N=1 and predicts N=2):", "",
               "| N | executor | predicted s (CPU costs) | measured wall s (median) | measured / predicted | "
               "calibrated prediction s | measured / calibrated |", "|---:|---|---:|---:|---:|---:|---:|"]
     calib = None
     for n, name in [(1, "serial"), (2, "fork"), (2, "ray")]:
-        pred = model[n]["ray" if name == "ray" else "fork"]["seconds"]
+        pred = check[n]["ray" if name == "ray" else "fork"]["seconds"]
         got = statistics.median(walls[name]) if walls[name] else float("nan")
         calib = got / pred if calib is None else calib
         lines.append(f"| {n} | {name} | {pred:.2f} | {got:.2f} | {got / pred:.2f} | {pred * calib:.2f} | "
@@ -295,7 +309,9 @@ def _uptime() -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="1024,769,10", help="batch,features incl. bias,classes")
-    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--preset", default="fast", help="the model's preset (op costs, sizes, dry runs)")
+    ap.add_argument("--measure-preset", default=None, help="the measured steps' preset (default: --preset; "
+                    "'test' where the machine has no room for Ray workers holding N=16384 keys)")
     ap.add_argument("--pairs", type=int, default=2, help="rounds of interleaved steps")
     ap.add_argument("--order", nargs="+", default=["fork", "ray", "serial"])
     ap.add_argument("--cost-repeats", type=int, default=3)
@@ -309,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.shape, args.preset, args.pairs, args.cost_repeats, args.store_mb = "256,65,3", "test", 1, 1, 256
         args.min_work = 0
+    args.measure_preset = args.measure_preset or args.preset
     res = run(args)
     (args.out.parent / "executor_scaling.json").write_text(json.dumps(res, default=str, indent=1))
     args.out.write_text(render(res))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import pickle
 import threading
@@ -35,6 +36,8 @@ from ..ckks.public import PublicContext
 from ..refresh import current_refresher, refresh_stage, refresh_with
 from . import Executor, WorkerError, ray_wire
 from .fork import _portable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,6 +94,9 @@ class RayExecutor(Executor):
                 options["num_cpus"] = self.num_cpus
             ray.init(address=self.address, **options)
             self._started = True
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            logger.info("Ray executor: joined %s (%d node(s), %d CPUs)", self.address or "a new local Ray",
+                        len(nodes), int(ray.cluster_resources().get("CPU", 0)))
 
     def close(self) -> None:
         with self._lock:
@@ -175,7 +181,7 @@ class RayExecutor(Executor):
                     raise WorkerError(f"no Ray share finished or asked for a refresh in {self.timeout} s")
                 for ref in ready:
                     if ref == asks:
-                        for key, request in ray.get(ref):
+                        for key, request in _mailbox_get(ref):
                             mailbox.answer.remote(key, self._answer(ctx, refresher, key, request, answered))
                         asks = mailbox.next.remote(call)
                     else:
@@ -184,6 +190,11 @@ class RayExecutor(Executor):
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            if mailbox is not None:  # it may be lost or hold the failed map's waits: the next map makes another
+                with self._lock:
+                    self._mailbox = None
+                ray.kill(mailbox)
+                mailbox = None
             raise
         finally:
             if mailbox is not None:
@@ -209,6 +220,14 @@ class RayExecutor(Executor):
             reply = ("err", _portable(err))
         answered[key[1:]] = (digest, reply)
         return reply
+
+
+def _mailbox_get(ref: Any) -> Any:
+    """The mailbox's pending requests; WorkerError if the mailbox actor was lost (killed, out of memory)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as err:
+        raise WorkerError(f"the refresh mailbox was lost ({type(err).__name__}): {err}") from None
 
 
 def _result(ref: Any, retries: int) -> Any:
