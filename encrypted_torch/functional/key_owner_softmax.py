@@ -17,6 +17,7 @@ from ..autograd import function as autograd
 from ..autograd.function import Function, FunctionCtx
 from ..data.dataset import KeptLabels
 from ..errors import KeyOwnerRequiredError, ShapeError
+from ..linalg.diag_atb import VARIANTS, levels_needed
 from ..refresh import current_refresher, ensure_levels
 from ..tensor.enctensor import EncTensor
 from .softmax import _check_layout
@@ -63,7 +64,7 @@ class KeyOwnerSoftmaxCrossEntropy(Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, logits: EncTensor, labels: KeptLabels, ask: Any) -> KeyOwnerLoss:
-        grad = ask(logits, labels)
+        grad = ask(logits, labels, level=gradient_level(logits))
         if not isinstance(grad, EncTensor) or grad.layout != logits.layout:
             raise ShapeError("the key owner's softmax gradient does not have the logits' layout")
         ctx.save_for_backward(grad)
@@ -82,6 +83,13 @@ class KeyOwnerSoftmaxCrossEntropy(Function):
         n_b = g_logits.layout.grid[1]
         scaled = [ev.mul_plain(c, g) for c in flat]
         return g_logits._new([scaled[i : i + n_b] for i in range(0, len(scaled), n_b)]), None, None
+
+
+def gradient_level(logits: EncTensor) -> int:
+    """The level the gradient is asked at: what its one consumer, DiagATB's A operand, uses (either
+    variant), so that the key owner encrypts and sends no level that would be switched away."""
+    c_pad = logits.layout.c_pad
+    return min(logits.ctx.top_level, max(levels_needed(v, c_pad)[0] for v in VARIANTS))
 
 
 def key_owner_cross_entropy(logits: EncTensor, labels: KeptLabels) -> KeyOwnerLoss:

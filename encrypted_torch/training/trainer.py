@@ -97,14 +97,14 @@ class _TimedRefresher:
         with section("refresh"):
             return refresh_stage(self.link, ciphers, stage, level)
 
-    def softmax_gradient(self, logits: EncTensor, labels: KeptLabels) -> EncTensor:
+    def softmax_gradient(self, logits: EncTensor, labels: KeptLabels, level: int | None = None) -> EncTensor:
         """The key owner's exact (P − Y)/b for these logits (``nn.KeyOwnerCrossEntropyLoss``)."""
         ask = getattr(self.link, "softmax_gradient", None)
         if ask is None:
             raise KeyOwnerRequiredError(f"{type(self.link).__name__} cannot evaluate the softmax; the exact-softmax "
                                         "loss needs a key owner that can (client.KeyOwner, or a client connected "
                                         "to the server)")
-        return ask(logits, labels)  # timed as "softmax" by the loss Function
+        return ask(logits, labels, level=level)  # timed as "softmax" by the loss Function
 
 
 class Trainer:
