@@ -43,6 +43,8 @@ NOTEBOOKS = {
     "04_client_server.ipynb": [_needs("websockets")],  # ~20 s: server subprocess, plaintext backend
     "05_under_the_hood.ipynb": [_needs("matplotlib")],  # ~15 s: plaintext backend and numpy
     "06_testing_your_encrypted_model.ipynb": [],  # ~30 s: pytest subprocesses, plaintext backend + one SEAL test
+    "07_your_own_data.ipynb": [pytest.mark.slow, _needs("sklearn", "PIL", "matplotlib", "efficientnet_lite_pytorch",
+                                                        "sentence_transformers")],  # ~2-4 min: CLI subprocesses
 }
 
 
