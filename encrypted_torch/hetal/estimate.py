@@ -41,19 +41,23 @@ OVERHEAD = 1.4  # measured CPU / op-count floor, 1.29–1.50 (benchmarks/results
 PARALLEL_SPEEDUP = 1.6  # CPU / wall of a step on 2 worker processes, 1.4–1.8 (same table)
 EXTRACT_SECONDS = {"images": 0.02, "text": 0.003, "features": 0.0}  # per sample, 2 cores, no cache
 BACKBONE_MB = {"images": 120.0, "text": 250.0, "features": 0.0}
+BACKBONE_LOAD_SECONDS = {"images": 3.0, "text": 8.0, "features": 0.0}
 
 
 @dataclass
 class Calibration:
-    """This machine's speed and the preset's sizes, measured on real keys (about 3 s at 'fast')."""
+    """This machine's speed and the preset's sizes, measured on real keys (a few seconds at 'fast')."""
 
     scale: float  # measured / modelled ms of rotations and products
     encrypt_ms: float
     cipher_bytes: int  # a fresh top-level ciphertext, serialised
     key_bytes: int  # one more rotation key in the serialised public context
     base_context_bytes: int  # public context with one rotation key
-    keygen_ms_per_key: float
-    keygen_base_ms: float
+    keygen_ms_per_key: float  # per key-switching key (public key, relinearisation and rotation keys alike)
+    serialise_mb_s: float  # public context to bytes
+    load_mb_s: float  # bytes to a public context (the server; the key owner's public() too)
+    hash_mb_s: float  # sha256, which every upload and download runs
+    seconds: float  # this calibration's own time
 
 
 @dataclass
@@ -118,16 +122,25 @@ def calibrate(preset: str, backend: str = "seal") -> Calibration:
     key = f"{preset}/{backend}"
     if key in _CALIBRATIONS:
         return _CALIBRATIONS[key]
+    import hashlib
+
     from ..ckks import cipher_codec
+    from ..ckks.public import PublicContext
     from ..ckks.secret import SecretContext
 
     params = get_params(preset)
     t0 = time.perf_counter()
     one = SecretContext.create(preset, rotations=[1], backend=backend)
     t1 = time.perf_counter()
-    two = SecretContext.create(preset, rotations=[1, 2], backend=backend)
+    public_one = one.public_bytes()
     t2 = time.perf_counter()
-    b1, b2 = len(one.public_bytes()), len(two.public_bytes())
+    two = SecretContext.create(preset, rotations=[1, 2], backend=backend)
+    t3 = time.perf_counter()
+    PublicContext.from_bytes(public_one)
+    t4 = time.perf_counter()
+    hashlib.sha256(public_one).hexdigest()
+    t5 = time.perf_counter()
+    b1, b2 = len(public_one), len(two.public_bytes())
     ctx = one.public()
     ev = ctx.evaluator
     c = ev.encrypt([0.5] * params.slots)
@@ -151,9 +164,15 @@ def calibrate(preset: str, backend: str = "seal") -> Calibration:
         modelled += reps * sum(op_cost_ms(op, level, params) / 1e3
                                for op in ("ct_ct_mults", "relinearizations", "rescales"))
     payload = cipher_codec.dump(ctx, [c])[1][0]
-    keygen_key = max(0.0, (t2 - t1) - (t1 - t0)) * 1e3
+    mb = b1 / 1e6
+
+    def rate(seconds: float) -> float:
+        return mb / max(seconds, 1e-6)
+
+    # key-switching keys made: 3 in the first context (public, relinearisation, one rotation), 4 in the second
     cal = Calibration(measured / modelled if modelled else 1.0, encrypt_ms, len(payload), max(0, b2 - b1), b1,
-                      keygen_key, (t1 - t0) * 1e3)
+                      ((t1 - t0) + (t3 - t2)) * 1e3 / 7, rate(t2 - t1), rate(t4 - t3), rate(t5 - t4), 0.0)
+    cal.seconds = time.perf_counter() - t0
     _CALIBRATIONS[key] = cal
     return cal
 
@@ -256,21 +275,31 @@ def estimate(cfg: HetalConfig, *, num_train: int, num_val: int, num_features: in
     keys = len(rotation_steps(unit, num_classes))
     train_ciphers = _cipher_count(num_train, d1, num_classes, unit, cfg.batch_size, True)
     val_ciphers = _cipher_count(num_val, d1, num_classes, unit, cfg.batch_size, False)
-    extract_s = EXTRACT_SECONDS.get(kind, 0.0) * (num_train + num_val) / 0.7
-    setup_s = extract_s + (cal.keygen_base_ms + keys * cal.keygen_ms_per_key
-                           + (train_ciphers + val_ciphers) * cal.encrypt_ms) / 1e3
-    total = setup_s + cfg.epochs * (steps_per_epoch * step_s + val_s)
+    weight_ciphers = math.ceil(num_classes / unit[0]) * math.ceil(d1 / unit[1])
+    public_bytes = cal.base_context_bytes + max(0, keys - 1) * cal.key_bytes
+    data_bytes = (train_ciphers + val_ciphers) * cal.cipher_bytes
+    pub_mb, data_mb = public_bytes / 1e6, data_bytes / 1e6
+    extract_s = EXTRACT_SECONDS.get(kind, 0.0) * (num_train + num_val) / 0.7 + BACKBONE_LOAD_SECONDS.get(kind, 0.0)
+    # the key owner: keys (public, relinearisation and rotation keys), its public() view, encryption, the
+    # workdir (secret context and data written), the upload (hashed and sent); the server loads the keys
+    setup_s = (extract_s + cal.seconds + (keys + 2) * cal.keygen_ms_per_key / 1e3 + pub_mb / cal.load_mb_s
+               + (train_ciphers + val_ciphers) * cal.encrypt_ms / 1e3 + 2 * pub_mb / cal.serialise_mb_s
+               + 2 * (pub_mb + data_mb) / cal.hash_mb_s + pub_mb / cal.load_mb_s)
+    # each epoch end: the state (weights, momentum) decrypted and encrypted again, sent both ways
+    epoch_end_s = 2 * weight_ciphers * (cal.encrypt_ms * 2 / 1e3 + 2 * cal.cipher_bytes / 1e6 / cal.hash_mb_s)
+    total = setup_s + cfg.epochs * (steps_per_epoch * step_s + val_s + epoch_end_s)
     refreshes = ops_per_step.get("refreshes", 0.0)
     # a refresh sends the cipher at its (low) level and gets a fresh one in SEAL's seeded form: ~1.5 top sizes
     per_step_bytes = int(refreshes * 1.5 * cal.cipher_bytes)
-    public_bytes = cal.base_context_bytes + max(0, keys - 1) * cal.key_bytes
-    # in memory: keys and ciphertexts unpacked (SEAL's serialisation compresses ~40-bit words in 64)
+    # in memory (measured on SEAL, 'fast'): key generation holds ~2x the keys' raw size, the public() view
+    # another 1x; public_bytes() and its copies while sent ~1.5x the serialised size
     raw = 8 * params.poly_modulus_degree * 2 * (params.levels + 1)
     key_raw = raw * (params.levels + 2)
     base = _rss_mb()
     batch_ciphers = _cipher_count(cfg.batch_size, d1, num_classes, unit, cfg.batch_size, True)
-    client = base + BACKBONE_MB.get(kind, 0.0) + ((keys + 2) * key_raw + (train_ciphers + val_ciphers) * raw) / 1e6
-    server = base + ((keys + 1) * key_raw + 5 * batch_ciphers * raw) / 1e6
+    client = base + BACKBONE_MB.get(kind, 0.0) + (3 * (keys + 1) * key_raw + 1.5 * public_bytes
+                                                  + (train_ciphers + val_ciphers) * raw) / 1e6
+    server = base + (2 * (keys + 1) * key_raw + public_bytes + 5 * batch_ciphers * raw) / 1e6
     return Estimate(cfg.preset, unit, cfg.batch_size, steps_per_epoch, cfg.epochs, keys,
                     {k: round(v, 1) for k, v in ops_per_step.items()}, round(refreshes, 2), val_ops.refreshes,
                     step_s, val_s, extract_s, setup_s, total, public_bytes, train_ciphers * cal.cipher_bytes,
