@@ -272,3 +272,32 @@ def test_three_commands_on_an_image_folder_infer_agrees_with_predict(tmp_path, c
     assert client_main.main(["predict", "--model", f"{work}/output/model.pt", "--json", str(new)]) == 0
     local = [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
     assert encrypted == local and len(local) == 6
+
+
+def test_tensorboard_callback_on_the_trainer(tmp_path):
+    """In process, the Trainer's callback writes the steps, and the key owner's validation after each epoch."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from encrypted_torch.hetal.config import HetalConfig
+    from encrypted_torch.hetal.prepare import prepare_hetal
+    from encrypted_torch.storage.dataset import StreamingLoader
+    from encrypted_torch.training.job import build_hetal_linear, validate_job
+    from encrypted_torch.training.tensorboard import TensorBoardCallback, TensorBoardLogger
+    from encrypted_torch.training.trainer import Trainer
+
+    cfg = HetalConfig(dataset="digits", preset="test", backend="plain", batch_size=256, epochs=2, max_steps=2)
+    prep = prepare_hetal(cfg)
+    job = validate_job(prep.job(), {"hetal-linear": build_hetal_linear})
+    model, opt, criterion = build_hetal_linear(prep.key_owner.public_context, job, prep.init, prep.train.unit)
+    logger = TensorBoardLogger(tmp_path / "tb")
+    loader = StreamingLoader(prep.train, shuffle=True, seed=0, max_steps=2)
+    result = Trainer(model, opt, prep.key_owner, criterion, progress=False,
+                     callbacks=[TensorBoardCallback(logger, prep.key_owner)]).fit(loader, prep.val, 2)
+    logger.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("step/refreshes")] == [float(s.ops["refreshes"]) for s in result.steps]
+    assert [e.step for e in acc.Scalars("validation/loss")] == [1, 2]
+    assert [e.value for e in acc.Scalars("validation/loss")] == pytest.approx(
+        [h["val_loss"] for h in prep.key_owner.history])
