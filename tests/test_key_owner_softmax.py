@@ -176,3 +176,19 @@ def test_hetal_loss_on_kept_labels_and_exact_loss_without_key_owner_fail_clearly
     labelled = owner.encrypt_dataset(x, y, num_classes=C, batch_size=B, name="with-labels")
     with pytest.raises(ShapeError, match="keep_labels=True"):
         Trainer(model, opt, owner, KeyOwnerCrossEntropyLoss(), progress=False).fit(labelled, None, epochs=1)
+
+
+def test_hetal_run_with_the_exact_softmax_equals_its_plaintext_twin_on_digits():
+    """``python -m encrypted_torch.hetal --softmax exact`` in one process: the plaintext twin is torch's exact
+    cross-entropy, so on the plaintext backend the two runs agree to float64 rounding, early stopping included."""
+    from encrypted_torch.hetal.config import HetalConfig
+    from encrypted_torch.hetal.pipeline import run
+
+    cfg = HetalConfig(dataset="digits", preset="test", backend="plain", batch_size=256, epochs=3, patience=1,
+                      max_steps=2, softmax="exact")
+    report = run(cfg, progress=False)
+    assert report.enc_test_acc == report.plain_test_acc and report.enc_test_acc > 0.6
+    assert report.enc.epochs_run >= 2
+    assert all(s.breakdown.get("softmax", 0) > 0 for s in report.enc.steps)  # the key owner's round trip
+    learned = report.model.to_torch(report.client).weight
+    assert torch.allclose(learned, report.plain.model.weight.double(), atol=1e-9)
