@@ -113,8 +113,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[HetalConfig, Any, str]:
     if given["data"] is None:
         cfg = config_for(args.dataset, **{k: given[k] for k in _RUN_OPTIONS})
         return cfg, None, ""
-    from ..datasets.own_data import check_preset, scan_data
+    from ..datasets.own_data import OwnDataError, check_preset, scan_data
     from .defaults import explain, suggest
+
+    builtin_only = [f"--{k.replace('_', '-')}" for k in ("n_train", "n_val", "n_test", "data_dir") if given[k] is not None]
+    if builtin_only:
+        raise OwnDataError(f"{', '.join(builtin_only)} apply to the built-in datasets; with --data, set the split with "
+                           "--val-fraction and --test-fraction")
 
     summary = scan_data(given["data"], text_column=given["text_column"], label_column=given["label_column"],
                         image_size=given["image_size"] or 160)
