@@ -292,3 +292,12 @@ def test_settings_are_printed_with_their_source(tmp_path):
     assert summary.num_samples == 90
     assert "lr             0.5       (--lr)" in text
     assert "batch_size     64        (default: 63 training samples" in text
+
+
+def test_builtin_size_options_are_refused_with_own_data(tmp_path):
+    path = tmp_path / "f.npz"
+    np.savez(path, x=np.zeros((30, 2)), y=np.arange(30) % 3)
+    ap = argparse.ArgumentParser()
+    add_config_arguments(ap, "digits")
+    with pytest.raises(OwnDataError, match="--n-train apply to the built-in datasets.*--val-fraction"):
+        resolve_config(ap.parse_args(["--data", str(path), "--n-train", "10"]))

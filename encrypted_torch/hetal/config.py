@@ -116,7 +116,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[HetalConfig, Any, str]:
     from ..datasets.own_data import OwnDataError, check_preset, scan_data
     from .defaults import explain, suggest
 
-    builtin_only = [f"--{k.replace('_', '-')}" for k in ("n_train", "n_val", "n_test", "data_dir") if given[k] is not None]
+    builtin_only = [f"--{k.replace('_', '-')}" for k in ("n_train", "n_val", "n_test", "data_dir")
+                    if given[k] is not None]
     if builtin_only:
         raise OwnDataError(f"{', '.join(builtin_only)} apply to the built-in datasets; with --data, set the split with "
                            "--val-fraction and --test-fraction")
