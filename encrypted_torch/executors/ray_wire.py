@@ -19,6 +19,7 @@ from ..ckks import cipher_codec
 from ..ckks.backend import Backend
 from ..ckks.evaluator import Cipher, Evaluator
 from ..ckks.public import PublicContext
+from ..ckks.serialize import cipher_meta
 from ..errors import ContextMismatchError, KeyRoleError
 from . import WorkerError
 
@@ -61,6 +62,41 @@ class _Pickler(cloudpickle.CloudPickler):
         return None
 
 
+class LazyCipher(Cipher):
+    """A ciphertext whose bytes are loaded into SEAL when an op first reads its handle: a worker pays
+    only for the ciphertexts its shares touch (a fine split touches a fraction of a function's)."""
+
+    def __init__(self, backend: Any, raw: bytes, level: int, scale: float, context_id: str, size: int) -> None:
+        self._backend, self._raw, self._handle = backend, raw, None
+        self.level, self.scale, self.context_id, self.size = level, scale, context_id, size
+
+    @property  # type: ignore[override]
+    def handle(self) -> Any:
+        if self._handle is None:
+            handle = self._backend.handle_from_bytes(self._raw)
+            if self._backend.tracks_levels:
+                found = (self._backend.level_of(handle), self._backend.scale_of(handle),
+                         self._backend.size_of(handle))
+                if found != (self.level, self.scale, self.size):
+                    raise WorkerError(f"share ciphertext: level/scale/size {found}, recorded as "
+                                      f"{self.level, self.scale, self.size}")
+            self._handle, self._raw = handle, None
+        return self._handle
+
+    @handle.setter
+    def handle(self, value: Any) -> None:
+        self._handle, self._raw = value, None
+
+    @property
+    def loaded(self) -> bool:
+        return self._handle is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this ciphertext took on the wire (0 once loaded: they are dropped)."""
+        return len(self._raw) if self._raw is not None else 0
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, ctx: PublicContext, ciphers: list[Cipher]) -> None:
         super().__init__(file)
@@ -89,7 +125,18 @@ def dumps(obj: Any, ctx: PublicContext) -> Packed:
 
 
 def loads(packed: Packed, ctx: PublicContext) -> Any:
-    """Inverse of ``dumps`` in a worker that holds ``ctx`` (bytes from our own driver, not a stranger)."""
+    """Inverse of ``dumps`` in a worker that holds ``ctx`` (bytes from our own driver, not a stranger);
+    the ciphertexts are LazyCiphers, loaded when first used."""
+    return loads_with_ciphers(packed, ctx)[0]
+
+
+def loads_with_ciphers(packed: Packed, ctx: PublicContext) -> tuple[Any, list[LazyCipher]]:
+    """``loads``, and the LazyCiphers it made (which ones a share loaded is what it cost to receive)."""
     data, records, payloads = packed
-    ciphers = cipher_codec.load(ctx, records, payloads, what="share ciphertext", error=WorkerError)
-    return _Unpickler(io.BytesIO(data), ctx, ciphers).load()
+    if len(records) != len(payloads):
+        raise WorkerError(f"{len(records)} share ciphertext records for {len(payloads)} payloads")
+    ciphers = []
+    for i, (item, raw) in enumerate(zip(records, payloads, strict=True)):
+        level, scale, size = cipher_meta(item, f"share ciphertext {i}", ctx.top_level, WorkerError)
+        ciphers.append(LazyCipher(ctx.backend, raw, level, scale, ctx.fingerprint, size))
+    return _Unpickler(io.BytesIO(data), ctx, ciphers).load(), ciphers
