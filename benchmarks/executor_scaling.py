@@ -23,6 +23,7 @@ E(N) = T(1) / (N · T(N)). Writes benchmarks/results/executor_scaling.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -55,8 +56,9 @@ SERIAL_OPS = {"refreshes", "encryptions"}  # a share's refreshes are served by t
 
 
 class RecordingExecutor(Executor):
-    """Runs every share in this process (as the serial executor) and keeps, per map, each share's op
-    counts and the levels of the ciphertexts that would travel (the function's and the results)."""
+    """Runs every share in this process on its own unpickled copy of the share function (as a Ray
+    worker would: ``ray_wire``), and keeps, per map, each share's op counts, the levels of the
+    ciphertexts it loaded and of those it returned, and the levels of all the function's ciphertexts."""
 
     name = "record"
 
@@ -65,23 +67,20 @@ class RecordingExecutor(Executor):
 
     def map(self, ctx: Any, fn: Callable[[Any], list[Cipher]], shares: Sequence[Any], *,
             serve_refreshes: bool = False) -> list[list[Cipher]]:
-        _, records, _ = ray_wire.dumps(fn, ctx)
+        packed = ray_wire.dumps(fn, ctx)
         outs, per_share = [], []
         for s in shares:
-            with counters.count_ops() as ops, refresh_with(None) if not serve_refreshes else _same():
-                outs.append(fn(s))
-            per_share.append(dict(ops.by_level))
-        self.maps.append({"shares": per_share, "in_levels": [r[0] for r in records],
-                          "out_levels": [c.level for out in outs for c in out], "refreshes": serve_refreshes})
+            copy, lazies = ray_wire.loads_with_ciphers(packed, ctx)
+            with counters.count_ops() as ops, contextlib.ExitStack() as stack:
+                if not serve_refreshes:
+                    stack.enter_context(refresh_with(None))
+                out = copy(s)
+            outs.append(out)
+            per_share.append({"ops": dict(ops.by_level), "loaded": [c.level for c in lazies if c.loaded],
+                              "returned": [c.level for c in out]})
+        self.maps.append({"shares": per_share, "in_levels": [r[0] for r in packed[1]],
+                          "refreshes": serve_refreshes})
         return outs
-
-
-class _same:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: Any) -> None:
-        return None
 
 
 # --- measured ----------------------------------------------------------------------------------------
@@ -117,13 +116,15 @@ def wire_costs(secret: Any, executor: RayExecutor, repeats: int = 5) -> dict[str
     pub = secret.public()
     ev = pub.evaluator
     cs = [ev.mod_switch(pub.encrypt_vector(np.full(pub.slots, i / 10)), 2) for i in range(12)]
-    with counters.count_ops():
-        t = time.perf_counter()
+    with counters.count_ops():  # CPU seconds, as the op costs (the machine may be shared)
+        t = time.process_time()
         packed = ray_wire.dumps(lambda s: cs, pub)
-        dump = time.perf_counter() - t
-        t = time.perf_counter()
-        ray_wire.loads(packed, pub)
-        load = time.perf_counter() - t
+        dump = time.process_time() - t
+        t = time.process_time()
+        _, lazies = ray_wire.loads_with_ciphers(packed, pub)
+        for c in lazies:
+            c.handle  # noqa: B018 (loads it)
+        load = time.process_time() - t
         mb = (len(packed[0]) + sum(map(len, packed[2]))) / 2**20
         executor.map(pub, lambda s: [cs[s % 2]], [0, 1])  # workers hold the context
         lat: dict[int, list[float]] = {2: [], 12: []}
@@ -149,28 +150,39 @@ def dry_run(shape: tuple[int, int, int], preset: str, n: int, min_work: int) -> 
 
 def predict(dry: dict[str, Any], costs: dict, top: int, sizes: dict[int, int], wire: dict[str, float] | None,
             n: int, cores_per_node: int, bandwidth_gbs: float) -> dict[str, float]:
-    """Predicted seconds of one step on N cores (Ray's costs if ``wire``), and its parts."""
-    def share_ms(by_level: dict) -> float:
+    """Predicted seconds of one step on N cores (Ray's costs if ``wire``), and its parts. A share's time on
+    its core = its ops + loading the ciphertexts it touches + serializing its results; the driver
+    serializes each map's function and loads the results, one after the other."""
+    def mb(levels: list[int]) -> float:
+        return sum(sizes[lvl] for lvl in levels) / 2**20
+
+    def ops_ms(by_level: dict) -> float:
         return ts.floor_ms({k: v for k, v in by_level.items() if k[0] not in SERIAL_OPS}, costs, top)[0]
 
+    def share_ms(share: dict) -> float:
+        if wire is None:
+            return ops_ms(share["ops"])
+        return (ops_ms(share["ops"]) + wire["load_ms_per_mb"] * mb(share["loaded"])
+                + wire["dump_ms_per_mb"] * mb(share["returned"]))
+
     total_ms = ts.floor_ms(dry["total"], costs, top)[0]
-    inside = sum(share_ms(s) for m in dry["maps"] for s in m["shares"])
+    inside = sum(ops_ms(s["ops"]) for m in dry["maps"] for s in m["shares"])
     critical = sum(max(map(share_ms, m["shares"])) for m in dry["maps"])
     nodes = math.ceil(n / cores_per_node)
-    overhead = 0.0
+    driver = 0.0
+    mb_in = sum(mb(m["in_levels"]) for m in dry["maps"])
     if wire is not None:
         for m in dry["maps"]:
-            mb_in = sum(sizes[lvl] for lvl in m["in_levels"]) / 2**20
-            mb_out = sum(sizes[lvl] for lvl in m["out_levels"]) / 2**20
-            per_mb = wire["dump_ms_per_mb"] + wire["load_ms_per_mb"]
-            network = 0.0 if nodes == 1 else 1e3 * (mb_in * nodes + mb_out) / 1024 / bandwidth_gbs
-            tasks = max(0, len(m["shares"]) - 2) * wire.get("task_ms", 0.0)
-            overhead += wire["map_latency_ms"] + tasks + per_mb * (mb_in + mb_out) + network
+            m_in, m_out = mb(m["in_levels"]), sum(mb(s["returned"]) for s in m["shares"])
+            network = 0.0 if nodes == 1 else 1e3 * (m_in * nodes + m_out) / 1024 / bandwidth_gbs
+            tasks = max(0, len(m["shares"]) - 2) * wire["task_ms"]
+            driver += (wire["map_latency_ms"] + tasks + wire["dump_ms_per_mb"] * m_in
+                       + wire["load_ms_per_mb"] * m_out + network)
     serial = total_ms - inside
-    return {"seconds": (serial + critical + overhead) / 1e3, "serial": serial / 1e3, "critical": critical / 1e3,
-            "overhead": overhead / 1e3, "maps": len(dry["maps"]),
-            "shares": max((len(m["shares"]) for m in dry["maps"]), default=1),
-            "mb_in": sum(sizes[lvl] for m in dry["maps"] for lvl in m["in_levels"]) / 2**20}
+    return {"seconds": (serial + critical + driver) / 1e3, "serial": serial / 1e3, "critical": critical / 1e3,
+            "overhead": driver / 1e3, "maps": len(dry["maps"]),
+            "shares": max((len(m["shares"]) for m in dry["maps"]), default=1), "mb_in": mb_in,
+            "mb_loaded_max": sum(max(mb(s["loaded"]) for s in m["shares"]) for m in dry["maps"])}
 
 
 # --- run ---------------------------------------------------------------------------------------------
@@ -269,12 +281,14 @@ def render(res: dict[str, Any]) -> str:
               "", "## Model: predicted step time at N cores", "",
               f"Cores per node {a['cores_per_node']}, network {a['bandwidth']} GB/s per link, the driver sending each "
               "map's function to every node. T(1) = the serial step's op-count floor.", "",
-              "| cores N | shares per map (max) | maps | serial part s | Σ largest share s | Ray cost s | "
-              "predicted fork s | predicted Ray s | Ray speed-up | Ray efficiency |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| cores N | shares per map (max) | maps | MB per step into the maps | MB the busiest shares load "
+              "| serial part s | Σ largest share s (Ray: + its loads) | driver's Ray cost s | predicted fork s | "
+              "predicted Ray s | Ray speed-up | Ray efficiency |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, p in sorted(model.items(), key=lambda kv: int(kv[0])):
         r, f, n = p["ray"], p["fork"], int(n)
-        lines.append(f"| {n} | {r['shares']} | {r['maps']} | {r['serial']:.2f} | {r['critical']:.2f} | "
+        lines.append(f"| {n} | {r['shares']} | {r['maps']} | {r['mb_in']:.0f} | {r['mb_loaded_max']:.0f} | "
+                     f"{r['serial']:.2f} | {r['critical']:.2f} | "
                      f"{r['overhead']:.2f} | {f['seconds']:.2f} | {r['seconds']:.2f} | {t1 / r['seconds']:.2f}× | "
                      f"{t1 / (n * r['seconds']):.2f} |")
     lines += ["", f"Validation on the measured preset {res['measure_preset']!r} (its own op costs and dry runs; "
