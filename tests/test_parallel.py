@@ -187,3 +187,29 @@ def test_a_single_diagonal_splits_by_output_block(plain_fast, monkeypatch, produ
     assert seen == [1, 2]
     np.testing.assert_array_equal(forked, serial)
     assert ops2.as_dict() == ops1.as_dict() and ops2.by_level == ops1.by_level
+
+
+def test_workers_refreshes_of_one_stage_take_one_round_trip(plain_ctx) -> None:
+    """The children run the same stages on different block rows; their refreshes of one stage reach the
+    key owner together: as many round trips as the serial run, each carrying both rows' ciphertexts."""
+
+    class Counting:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int]] = []
+
+        def refresh(self, ciphers, stage=""):
+            self.calls.append((stage, len(ciphers)))
+            return plain_ctx.refresh(ciphers)
+
+    x = torch.as_tensor(np.random.default_rng(5).uniform(-30, 30, (700, 5)))
+    xe = et.encrypt(x, plain_ctx, unit=(plain_ctx.slots // 8, 8), tiling="horizontal")
+    runs = []
+    for n in (1, 2):
+        link = Counting()
+        with use_workers(n, min_work=0), et.refresh_with(link):
+            p = softmax(xe)
+        runs.append((plain_ctx.decrypt(p).numpy(), link.calls))
+    (serial, serial_calls), (forked, forked_calls) = runs
+    np.testing.assert_array_equal(forked, serial)
+    assert len(forked_calls) == len(serial_calls) > 0
+    assert sorted(forked_calls) == sorted(serial_calls)  # the same stages, the same ciphertexts per trip

@@ -161,8 +161,13 @@ class _Child:
 
 
 def _serve(ctx: Any, children: list[_Child], refresher: Any) -> list[tuple[str, Any]]:
-    """Answer the children's refresh requests until each has sent its result; reap them all."""
+    """Answer the children's refresh requests until each has sent its result; reap them all.
+
+    Requests are answered together once every child still running waits on one (children run the
+    same stages on different rows, so they ask in step): one key-owner round trip per stage, not one
+    per child (``_answer_together``)."""
     results: dict[int, tuple[str, Any]] = {}
+    waiting: dict[int, tuple[bytes, str]] = {}  # child → its refresh request (ciphertext bytes, stage)
     with selectors.DefaultSelector() as sel:
         for i, child in enumerate(children):
             sel.register(child.from_child, selectors.EVENT_READ, i)
@@ -172,16 +177,34 @@ def _serve(ctx: Any, children: list[_Child], refresher: Any) -> list[tuple[str, 
                 child = children[i]
                 message = _receive(child.from_child)
                 if message is not None and message[0] == "refresh":
-                    try:
-                        fresh = refresh_stage(refresher, _load(ctx, message[1]), message[2])
-                        reply: Any = ("fresh", _dump(ctx, fresh))
-                    except Exception as err:  # noqa: BLE001 (the child raises it where it asked)
-                        reply = ("err", _portable(err))
-                    _send(child.to_child, reply)
+                    waiting[i] = (message[1], message[2])
                     continue
                 sel.unregister(child.from_child)
                 results[i] = _finish(ctx, child, message)
+            if waiting and len(waiting) + len(results) == len(children):
+                _answer_together(ctx, children, waiting, refresher)
+                waiting.clear()
     return [results[i] for i in range(len(children))]
+
+
+def _answer_together(ctx: Any, children: list[_Child], waiting: dict[int, tuple[bytes, str]],
+                     refresher: Any) -> None:
+    """One refresh per stage for all waiting children, its fresh ciphertexts split back in order."""
+    by_stage: dict[str, list[int]] = {}
+    for i in sorted(waiting):
+        by_stage.setdefault(waiting[i][1], []).append(i)
+    for stage, group in by_stage.items():
+        asked = [_load(ctx, waiting[i][0]) for i in group]
+        try:
+            fresh = refresh_stage(refresher, [c for part in asked for c in part], stage)
+            start, replies = 0, []
+            for part in asked:
+                replies.append(("fresh", _dump(ctx, fresh[start : start + len(part)])))
+                start += len(part)
+        except Exception as err:  # noqa: BLE001 (each child raises it where it asked)
+            replies = [("err", _portable(err))] * len(group)
+        for i, reply in zip(group, replies, strict=True):
+            _send(children[i].to_child, reply)
 
 
 def _finish(ctx: Any, child: _Child, message: Any) -> tuple[str, Any]:
