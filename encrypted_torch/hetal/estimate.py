@@ -21,17 +21,15 @@ from typing import Any
 
 import torch
 
-from ..approx.softmax import SoftmaxConfig
 from ..ckks import counters
 from ..ckks.null_backend import null_context
 from ..ckks.params import CKKSParams, get_params
-from ..data.dataset import EncBatch
+from ..data.dataset import EncBatch, KeptLabels
 from ..nn.linear import Linear
-from ..nn.loss import CrossEntropyLoss
 from ..parallel import use_workers
 from ..tensor.enctensor import EncTensor, encrypt
 from ..tensor.layout import BlockLayout
-from ..training.job import make_optimizer
+from ..training.job import make_criterion, make_optimizer
 from ..training.key_owner_link import EpochVerdict
 from ..training.trainer import Trainer
 from ..training.unit_choice import choose_unit, op_cost_ms
@@ -183,10 +181,16 @@ class _DryKeyOwner:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
 
-    def refresh(self, ciphers: Any, stage: str = "") -> list[Any]:
+    def refresh(self, ciphers: Any, stage: str = "", level: int | None = None) -> list[Any]:
         for c in ciphers:
             counters.record("refreshes", level=c.level)
-        return [self.ctx.evaluator.encrypt(0.0) for _ in ciphers]
+        return [self.ctx.evaluator.encrypt(0.0, level=level) for _ in ciphers]
+
+    def softmax_gradient(self, logits: EncTensor, labels: Any, level: int | None = None) -> EncTensor:
+        """The exact-softmax protocol's round trip: its logits counted as refreshes (bytes and count alike)."""
+        for c in logits.ciphers():
+            counters.record("refreshes", level=c.level)
+        return encrypt(torch.zeros(logits.shape), self.ctx, layout=logits.layout, level=level)
 
     def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor], state: dict) -> EpochVerdict:
         fresh = {k: encrypt(torch.zeros(v.shape), self.ctx, layout=v.layout) for k, v in state.items()}
@@ -212,8 +216,10 @@ def dry_counts(cfg: HetalConfig, num_features: int, num_classes: int, val_rows: 
         model = Linear(num_features, num_classes, init="zeros").encrypt(null, unit=unit)
         job = {"optimizer": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum}
         opt = make_optimizer(job, model.parameters())
-        trainer = Trainer(model, opt, _DryKeyOwner(null), CrossEntropyLoss(SoftmaxConfig.preset(cfg.softmax)),
-                          progress=False)
+        criterion = make_criterion({"softmax": cfg.softmax})
+        if getattr(criterion, "labels_stay_with_key_owner", False):
+            y = KeptLabels("train", 0, rows)
+        trainer = Trainer(model, opt, _DryKeyOwner(null), criterion, progress=False)
         per_step = []
         with use_workers(1):
             for i in range(steps):
@@ -272,8 +278,9 @@ def estimate(cfg: HetalConfig, *, num_train: int, num_val: int, num_features: in
     val_s = _floor_seconds(val_ops, params) * cal.scale * OVERHEAD / speedup
     from .prepare import rotation_steps
 
-    keys = len(rotation_steps(unit, num_classes))
-    train_ciphers = _cipher_count(num_train, d1, num_classes, unit, cfg.batch_size, True)
+    exact = cfg.softmax == "exact"  # the key owner's softmax: no softmax keys, no encrypted training labels
+    keys = len(rotation_steps(unit, num_classes, softmax=not exact))
+    train_ciphers = _cipher_count(num_train, d1, num_classes, unit, cfg.batch_size, not exact)
     val_ciphers = _cipher_count(num_val, d1, num_classes, unit, cfg.batch_size, False)
     weight_ciphers = math.ceil(num_classes / unit[0]) * math.ceil(d1 / unit[1])
     public_bytes = cal.base_context_bytes + max(0, keys - 1) * cal.key_bytes
