@@ -295,16 +295,9 @@ def test_cli_journey_train_then_infer_raw_and_normalised_features(tmp_path, monk
 # --- SEAL, both CLIs as OS processes ----------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    import os
-
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "ENCRYPTED_TORCH_TOKEN": TOKEN}
-
-
 @pytest.mark.slow  # N=16384 SEAL keys, one training step and its validation: about a minute on 2 cores
 def test_seal_cli_train_then_infer_equals_local_inference(tmp_path):
-    from test_server import start_server, stop
+    from test_server import _env, start_server, stop  # the server process and both CLIs share its token
 
     proc, port = start_server(tmp_path / "server", log=tmp_path / "server.log")
     url, client = f"ws://127.0.0.1:{port}", tmp_path / "client"
