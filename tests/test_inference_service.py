@@ -77,6 +77,8 @@ def _attach(url: str, prep, session_id: str, owner: KeyOwner | None = None) -> R
 
 
 def test_encrypted_logits_equal_local_inference_batched(trained):
+    """Three batched requests; the key owner answers nothing (any request from the server, a refresh say,
+    would fail ``expect(InferReply)``), and the server counts the rows against the session's quota."""
     workdir, prep, sid, local = trained
     x, y = prep.test
     x = x[:150]  # three requests of 64, 64 and 22 rows
@@ -295,7 +297,7 @@ def test_cli_journey_train_then_infer_raw_and_normalised_features(tmp_path, monk
 # --- SEAL, both CLIs as OS processes ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # N=16384 SEAL keys, one training step and its validation: about a minute on 2 cores
+@pytest.mark.slow  # two CLI processes, SEAL keys, one training step over the network (37 refreshes)
 def test_seal_cli_train_then_infer_equals_local_inference(tmp_path):
     from test_server import _env, start_server, stop  # the server process and both CLIs share its token
 
@@ -303,7 +305,7 @@ def test_seal_cli_train_then_infer_equals_local_inference(tmp_path):
     url, client = f"ws://127.0.0.1:{port}", tmp_path / "client"
     try:
         train = subprocess.run([sys.executable, "-m", "encrypted_torch.client", "--server", url, "--workdir",
-                                str(client), "--dataset", "digits", "--preset", "fast", "--batch-size", "64",
+                                str(client), "--dataset", "digits", "--preset", "test", "--batch-size", "64",
                                 "--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "model.pt")],
                                env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert train.returncode == 0, train.stderr[-2000:]
@@ -323,7 +325,7 @@ def test_seal_cli_train_then_infer_equals_local_inference(tmp_path):
     got = torch.tensor(out["results"][0]["logits"], dtype=torch.float64)
     # one product of fresh operands: x's fresh noise times |w| summed over the features, plus its rotations' key
     # switches (HETAL's DiagABT: log2 of the unit's columns and the output's) and two rescales
-    tol = ckks_tolerance(get_params("fast"), magnitude=float(want.abs().max()), keyswitches=16, depth=2)
+    tol = ckks_tolerance(get_params("test"), magnitude=float(want.abs().max()), keyswitches=16, depth=2)
     err = (got - want).abs().max().item()
     print(f"SEAL encrypted inference vs local: max |Δlogit| = {err:.3g} (tolerance {tol:.3g}); "
           f"stats {out['stats']}")
