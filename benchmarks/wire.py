@@ -1,7 +1,7 @@
 """What one training step costs on the wire, and over emulated links (issue #14, item 1).
 
-The full table (every cut × every link, at HETAL's MNIST shape (1024, 769, 10); about 10 minutes
-per cut configuration on 2 idle cores):
+The full table (every cut × every link, at HETAL's MNIST shape (1024, 769, 10); about 11 minutes
+per cut configuration on 2 idle cores, an hour for the default five):
 
     python -m benchmarks.wire
 
@@ -195,7 +195,8 @@ def _levels(d: dict[str, int]) -> str:
 
 def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, Any]) -> str:
     """The link × cut table and the one-off costs."""
-    out = [f"# Wire cost of one step ({meta['shape']}, {meta['dataset']})", "",
+    shape = tuple(results[0]["shape"]) if results else meta["shape"]
+    out = [f"# Wire cost of one step ({meta['dataset']}, (batch, features + 1, classes) = {shape})", "",
            f"{meta['date']}, {meta['machine']}; command: `{meta['command']}`.", "",
            "Per step: median over steps 2..N of each session. MB as the protocol's channel counts them "
            "(sealed messages). Step s: the server's step time (waits for the key owner included); key owner s: "
