@@ -47,7 +47,6 @@ class InferenceService:
         self._unit: tuple[int, int] = (0, 0)
         self._level = 0  # the lowest level the model's forward pass takes its input at (inference_plan)
         self._cipher_bytes = 0
-        self.requests = 0
 
     def answer(self, channel: Channel, msg: InferRequest, generation: int) -> None:
         """Check the request against the limits and the model, compute the logits, send them back."""
@@ -70,7 +69,6 @@ class InferenceService:
             logits = model(x)
         session.record["inferred_rows"] = used + msg.rows
         session._save_record()
-        self.requests += 1
         channel.send(InferReply(msg.request_id, msg.rows, logits.to_bytes()))
 
     def _features(self, msg: InferRequest, ctx: Any) -> EncTensor:
