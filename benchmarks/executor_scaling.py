@@ -86,13 +86,17 @@ class RecordingExecutor(Executor):
 # --- measured ----------------------------------------------------------------------------------------
 def timed_step(setup: Any, executor: Executor, n: int, min_work: int = parallel.MIN_WORK) -> dict[str, Any]:
     """One training step with ``n`` shares on ``executor``: wall and CPU s, bytes Ray moved, op count."""
+    stats = getattr(executor, "stats", None)
+    maps_before = len(stats.task_seconds) if stats is not None else 0
     with parallel.use_executor(executor), parallel.use_workers(n, min_work=min_work):
         before = _stats(executor)
         t = time.perf_counter()
         out = scaling.run_step(setup)
         wall = time.perf_counter() - t
     moved = {k: v - before.get(k, 0) for k, v in _stats(executor).items()}
-    return {"wall": wall, "cpu": out["cpu"], "moved": moved, "ops": sum(out["by_level"].values())}
+    tasks = stats.task_seconds[maps_before:] if stats is not None else []
+    return {"wall": wall, "cpu": out["cpu"], "moved": moved, "ops": sum(out["by_level"].values()),
+            "task_seconds": tasks}
 
 
 def _stats(executor: Executor) -> dict[str, int]:
@@ -167,7 +171,8 @@ def predict(dry: dict[str, Any], costs: dict, top: int, sizes: dict[int, int], w
 
     total_ms = ts.floor_ms(dry["total"], costs, top)[0]
     inside = sum(ops_ms(s["ops"]) for m in dry["maps"] for s in m["shares"])
-    critical = sum(max(map(share_ms, m["shares"])) for m in dry["maps"])
+    per_map = [[share_ms(s) / 1e3 for s in m["shares"]] for m in dry["maps"]]
+    critical = 1e3 * sum(max(shares) for shares in per_map)
     nodes = math.ceil(n / cores_per_node)
     driver = 0.0
     mb_in = sum(mb(m["in_levels"]) for m in dry["maps"])
@@ -182,7 +187,8 @@ def predict(dry: dict[str, Any], costs: dict, top: int, sizes: dict[int, int], w
     return {"seconds": (serial + critical + driver) / 1e3, "serial": serial / 1e3, "critical": critical / 1e3,
             "overhead": driver / 1e3, "maps": len(dry["maps"]),
             "shares": max((len(m["shares"]) for m in dry["maps"]), default=1), "mb_in": mb_in,
-            "mb_loaded_max": sum(max(mb(s["loaded"]) for s in m["shares"]) for m in dry["maps"])}
+            "mb_loaded_max": sum(max(mb(s["loaded"]) for s in m["shares"]) for m in dry["maps"]),
+            "per_map": per_map}
 
 
 # --- run ---------------------------------------------------------------------------------------------
@@ -304,6 +310,20 @@ def render(res: dict[str, Any]) -> str:
         calib = got / pred if calib is None else calib
         lines.append(f"| {n} | {name} | {pred:.2f} | {got:.2f} | {got / pred:.2f} | {pred * calib:.2f} | "
                      f"{got / (pred * calib):.2f} |")
+    if m["ray"] and m["ray"][-1]["task_seconds"]:
+        lines += ["", "Per share, independent of the machine's load: CPU seconds of each Ray task in its worker "
+                  "(unpickling the function, loading the ciphertexts it touches, its ops, serializing its results) "
+                  "in the last Ray step, against the model's share time at N=2 on the measured preset; and the "
+                  "driver's CPU seconds in that step against the model's serial part + the driver's Ray cost:", "",
+                  "| map | measured task CPU s | predicted s | measured / predicted |", "|---:|---|---|---:|"]
+        predicted = check[2]["ray"]["per_map"]
+        for i, (got, want) in enumerate(zip(m["ray"][-1]["task_seconds"], predicted, strict=False)):
+            lines.append(f"| {i + 1} | {', '.join(f'{g:.2f}' for g in got)} | {', '.join(f'{w:.2f}' for w in want)} "
+                         f"| {sum(got) / sum(want):.2f} |")
+        r2 = check[2]["ray"]
+        driver = statistics.median(r["cpu"] for r in m["ray"])
+        lines.append(f"| driver | {driver:.2f} (median) | {r2['serial'] + r2['overhead']:.2f} | "
+                     f"{driver / (r2['serial'] + r2['overhead']):.2f} |")
     lines += ["", f"Machine: {platform.machine()}, `nproc` = {os.cpu_count()}, Python {platform.python_version()}; "
               f"`uptime` at the end: `{_uptime()}`. Total run time {res['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"

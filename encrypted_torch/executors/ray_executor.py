@@ -53,6 +53,7 @@ class TransferStats:
     tasks: int = 0
     context_loads: int = 0  # worker processes that loaded a public context for a share
     workers: set[tuple[str, int]] = field(default_factory=set)  # (node id, pid) that ran shares
+    task_seconds: list[list[float]] = field(default_factory=list)  # per map, each share's CPU s in its worker
 
     @property
     def total(self) -> int:
@@ -134,7 +135,8 @@ class RayExecutor(Executor):
         self.stats.tasks += len(tasks)
         outputs = self._collect(ctx, call, tasks, mailbox, refresher)
         results = []
-        for records, payloads, ops, (node, pid, loaded) in outputs:
+        self.stats.task_seconds.append([info[3] for *_, info in outputs])
+        for records, payloads, ops, (node, pid, loaded, _) in outputs:
             self.stats.workers.add((node, pid))
             self.stats.context_loads += loaded
             self.stats.result_bytes += sum(map(len, payloads))
@@ -326,11 +328,13 @@ class _MailboxRefresher:
 def _run_share(call: str, share_index: int, fingerprint: str, context_box: list[Any], function_box: list[Any],
                share: bytes, mailbox: Any) -> tuple[list[list[Any]], list[bytes], counters.OpCounts, Any]:
     """One share in a worker process: its ciphertexts as records and bytes, the ops it ran, and where
-    it ran (node, pid, whether the context was loaded for it)."""
+    it ran (node, pid, whether the context was loaded for it, CPU seconds)."""
+    cpu = time.process_time()
     ctx, loaded = _worker_context(fingerprint, context_box[0])
     fn = _worker_function(call, ctx, function_box[0])
     refresher = _MailboxRefresher(ctx, mailbox, call, share_index) if mailbox is not None else None
     with refresh_with(refresher), counters.count_ops() as ops:
         out = fn(pickle.loads(share))  # our own driver's bytes
     records, payloads = cipher_codec.dump(ctx, out)
-    return records, payloads, ops, (ray.get_runtime_context().get_node_id(), os.getpid(), loaded)
+    return records, payloads, ops, (ray.get_runtime_context().get_node_id(), os.getpid(), loaded,
+                                    time.process_time() - cpu)
