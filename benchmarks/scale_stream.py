@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the files")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/scale_stream-<rows>.json)")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run's cleanup stops the server and removes files
     result = run(args)
     path = args.out or RESULTS / f"scale_stream-{args.rows}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
