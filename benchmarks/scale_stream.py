@@ -367,6 +367,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def peak(result: dict[str, Any], side: str, key: str = "vmhwm_mib") -> float:
+    """The largest per-phase value of ``key`` on ``side`` over the run."""
+    return max((rec[side][key] for rec in result["memory"].values() if side in rec), default=0.0)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The markdown table of docs/performance.md ("Streaming at scale") from result files."""
+    head = ("| rows (batches) | encrypt: wall s (rows/s) · client CPU s | disk: client GiB (bytes/row) · server GiB | "
+            "upload: wall s (MiB/s) · CPU s client/server | step: server s · wall s | epoch s | "
+            "peak RSS GiB: client · server |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    gib = 2**30
+    for r in sorted(results, key=lambda r: r["rows"]):
+        m, e, u, t = r["memory"], r["encrypt"]["train"], r["upload"], r["train"]
+        measured = r["epoch_time_kind"] == "measured"
+        epoch = f"{r['epoch_seconds']:.0f} (measured)" if measured else f"≈ {r['epoch_seconds']:.0f} (extrapolated)"
+        lines.append(
+            f"| {r['rows']:,} ({r['batches']}) | {e['seconds']:.0f} ({e['rows_per_second']:.0f}) · "
+            f"{m['encrypt_train']['client']['cpu_seconds']:.0f} | {r['disk']['client_bytes'] / gib:.2f} "
+            f"({r['disk']['client_train_bytes_per_row']:,}) · {r['disk']['server_session_bytes'] / gib:.2f} | "
+            f"{u['seconds']:.0f} ({u['mib_per_second']:.0f}) · {m['upload']['client']['cpu_seconds']:.0f}/"
+            f"{m['upload']['server']['cpu_seconds']:.0f} | {t['seconds_per_step']:.1f} · "
+            f"{t['wall_seconds_per_step'] or 0:.1f} | {epoch} | {peak(r, 'client') / 1024:.2f} · "
+            f"{peak(r, 'server') / 1024:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scale_stream", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -380,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="/tmp/scale_stream", help="where both sides' files go (removed after)")
     ap.add_argument("--keep", action="store_true", help="keep the files")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/scale_stream-<rows>.json)")
+    ap.add_argument("--table", type=Path, nargs="+", help="print the markdown table of these result files and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table([json.loads(p.read_text()) for p in args.table]))
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run's cleanup stops the server and removes files
     result = run(args)
     path = args.out or RESULTS / f"scale_stream-{args.rows}.json"
