@@ -153,16 +153,21 @@ def test_counts_table7_at_seal_slots(size) -> None:
     paper_abt, paper_v1 = counts.paper_diag_abt(a, f, c, unit), counts.paper_diag_atb(a, f, c, unit)
     paper_v2 = counts.paper_diag_atb(a, f, c, unit, "prot_up")
     # SEAL deltas, all from ×i (HETAL.md §3.4), PRotUp's shared Rot(B, s1) and the two-stage row fold:
-    saved = fold_saving(z)
+    saved, split = fold_saving(z), split_cmults(z)
     assert got["abt_const"] == Counts(paper_abt.cmult + z.n_b, paper_abt.mult, paper_abt.rot, 1)
-    assert got["mask_a"] == Counts(paper_v1.cmult + 1, paper_v1.mult, paper_v1.rot - saved, z.n_b)
-    assert got["prot_up"] == Counts(paper_v2.cmult + 1, paper_v2.mult,
+    assert got["mask_a"] == Counts(paper_v1.cmult + 1 + split, paper_v1.mult, paper_v1.rot - saved, z.n_b)
+    assert got["prot_up"] == Counts(paper_v2.cmult + 1 + split, paper_v2.mult,
                                     paper_v2.rot - max(z.h - 2, 0) * z.n_b - saved, z.n_b)
 
 
 def fold_saving(z: counts.Sizes) -> int:
-    """Rotations DiagATB's two-stage row fold saves over the paper's h·n_b·log s0."""
+    """Rotations DiagATB's two-stage, split row fold saves over the paper's h·n_b·log s0."""
     return z.h * z.n_b * z.log_s0 - counts.fold_rotations(z) if z.h else 0
+
+
+def split_cmults(z: counts.Sizes) -> int:
+    """CMults the split window fold adds: P − 1 more masks per diagonal and column block."""
+    return (counts.window_pieces(z) - 1) * z.h * z.n_b
 
 
 @pytest.mark.slow
@@ -190,10 +195,11 @@ def test_counts_reproduce_table7_at_hetal_slots(size, table) -> None:
     assert tuple(p.table() for p in paper) == table
     abt = got["abt_const"]
     assert Counts(abt.cmult - z.n_b, abt.mult, abt.rot).table() == table[0]
-    saved = fold_saving(z)
-    assert Counts(got["mask_a"].cmult - 1, got["mask_a"].mult, got["mask_a"].rot + saved).table() == table[1]
+    saved, split = fold_saving(z), split_cmults(z)
+    assert Counts(got["mask_a"].cmult - 1 - split, got["mask_a"].mult,
+                  got["mask_a"].rot + saved).table() == table[1]
     v2 = got["prot_up"]
-    assert Counts(v2.cmult - 1, v2.mult, v2.rot + max(z.h - 2, 0) * z.n_b + saved).table() == table[2]
+    assert Counts(v2.cmult - 1 - split, v2.mult, v2.rot + max(z.h - 2, 0) * z.n_b + saved).table() == table[2]
 
 
 @settings(max_examples=6)
@@ -205,8 +211,8 @@ def test_counts_random_sizes(shape) -> None:
 
 
 def test_section_3_5_counts() -> None:
-    """HETAL.md §3.5's SEAL-shape table (per-block-row packing) is our formulas less the ×i terms and
-    the two-stage fold's saving."""
+    """HETAL.md §3.5's SEAL-shape table (per-block-row packing) is our formulas less the ×i terms,
+    the two-stage split fold's saving and the split's extra CMults."""
     for (b, c), row in {(1024, 10): ("16/392/456", "400/392/3936", "32/784/520", "408/784/3560"),
                         (512, 3): ("4/50/70", "52/50/454", "4/98/114", "100/98/886")}.items():
         got = []
@@ -215,7 +221,7 @@ def test_section_3_5_counts() -> None:
             z = counts.sizes(b, 769, c, unit)
             abt, atb = counts.diag_abt(b, 769, c, unit), counts.diag_atb(b, 769, c, unit)
             got += [Counts(abt.cmult - z.n_b, abt.mult, abt.rot).table(),
-                    Counts(atb.cmult - z.n_a, atb.mult, atb.rot + fold_saving(z)).table()]
+                    Counts(atb.cmult - z.n_a - split_cmults(z), atb.mult, atb.rot + fold_saving(z)).table()]
         assert tuple(got) == row
 
 

@@ -108,7 +108,8 @@ def diagonal_mask(unit: tuple[int, int], c_pad: int, k: int, rows_ahead: bool) -
     return ((t - r - k) % c_pad == 0).astype(np.float64)
 
 
-def sum_over_diagonals(ctx: Any, diagonals: Iterable[int], n_out: int, partial: Any, work: int) -> list[Cipher]:
+def sum_over_diagonals(ctx: Any, diagonals: Iterable[int], n_out: int, partial: Any, work: int,
+                       width: int = 1) -> list[Cipher]:
     """Σ over ``diagonals`` of each diagonal's terms, one per output block, split over worker processes.
 
     ``partial(share)`` gets a list of (diagonal, output blocks) and returns the partial sums of the
@@ -118,7 +119,8 @@ def sum_over_diagonals(ctx: Any, diagonals: Iterable[int], n_out: int, partial: 
     are independent of the others', so a split by diagonal repeats no op, and the joining additions
     are the ones a serial sum does: counts and results (exact mod q) do not depend on the worker
     count. A diagonal whose blocks are split between workers repeats its shift in each (none for
-    diagonal 0).
+    diagonal 0). ``width``: ``partial`` returns that many ciphers per block (block-major), and so
+    does the result.
     """
     ev = ctx.evaluator
     ks, blocks = list(diagonals), list(range(n_out))
@@ -128,11 +130,11 @@ def sum_over_diagonals(ctx: Any, diagonals: Iterable[int], n_out: int, partial: 
     else:
         shares = [_group(run) for run in split([(k, b) for k in ks for b in blocks], n)]
     parts = fork_map(ctx, partial, shares)
-    total: list[Cipher | None] = [None] * n_out
+    total: list[Cipher | None] = [None] * (n_out * width)
     for share, part in zip(shares, parts, strict=True):
         touched = sorted({b for _, bs in share for b in bs})
-        for b, c in zip(touched, part, strict=True):
-            total[b] = c if total[b] is None else ev.add(total[b], c)
+        for s, c in zip([b * width + w for b in touched for w in range(width)], part, strict=True):
+            total[s] = c if total[s] is None else ev.add(total[s], c)
     return total
 
 

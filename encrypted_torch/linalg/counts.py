@@ -104,17 +104,18 @@ def diag_atb(a: int, b: int, c: int, unit: tuple[int, int], variant: str = "mask
     """The paper's counts, with the packing (2 Rot + 1 CMult) per block row, + 1 CMult per block row
     for ×i in the packing masks (option b), + n_b conjugations; "prot_up" computes Rot(B, s1) once
     for all k (n_a·n_b Rot) where the paper rotates h−1 times; the row fold in two stages
-    (``fold_rotations``)."""
+    (``fold_rotations``), its window split in P = ``window_pieces`` (P CMults per diagonal and
+    column block instead of 1)."""
     z = sizes(a, b, c, unit)
     h, n_a, n_b = z.h, z.n_a, z.n_b
     if h == 0:
         return Counts(n_b, n_a * n_b, n_b * z.log_s0)
-    fold = fold_rotations(z)
+    fold, p = fold_rotations(z), window_pieces(z)
     if variant == "mask_a":
-        return Counts(2 * n_a + (h - 1) * n_a + h * n_b, h * n_a * n_b,
+        return Counts(2 * n_a + (h - 1) * n_a + p * h * n_b, h * n_a * n_b,
                       2 * n_a + 2 * (h - 1) * n_a + fold, n_b)
     shared = n_a * n_b if h >= 2 else 0
-    return Counts(2 * n_a + h * n_b + (h - 1) * n_a * n_b, h * n_a * n_b,
+    return Counts(2 * n_a + p * h * n_b + (h - 1) * n_a * n_b, h * n_a * n_b,
                   2 * n_a + (h - 1) * n_a + shared + fold, n_b)
 
 
@@ -124,15 +125,23 @@ def diag_atb_plain(a: int, b: int, c: int, unit: tuple[int, int]) -> Counts:
     h, n_a, n_b = z.h, z.n_a, z.n_b
     if h == 0:
         return Counts(n_a * n_b + n_b, 0, n_b * z.log_s0)
-    return Counts(2 * n_a + h * n_a * n_b + h * n_b, 0, 2 * n_a + (h - 1) * n_a + fold_rotations(z), n_b)
+    return Counts(2 * n_a + h * n_a * n_b + window_pieces(z) * h * n_b, 0,
+                  2 * n_a + (h - 1) * n_a + fold_rotations(z), n_b)
+
+
+def window_pieces(z: Sizes) -> int:
+    """P = 2^e, e = ⌊log2(c_pad)/2⌋: DiagATB's window fold split in P pieces (``diag_atb.window_split``)."""
+    return 1 << ((z.c_pad.bit_length() - 1) // 2)
 
 
 def fold_rotations(z: Sizes) -> int:
-    """DiagATB's row folds: log c_pad per diagonal and column block (over windows of c_pad rows,
-    before the diagonal mask), then log(s0/c_pad) per column block; the paper folds all log s0 rows
-    per diagonal (h·n_b·log s0)."""
+    """DiagATB's row folds: log c_pad − e per diagonal and column block (over windows of c_pad/P
+    rows, before the diagonal masks), P − 1 per column block to join the P pieces, then
+    log(s0/c_pad) per column block; the paper folds all log s0 rows per diagonal (h·n_b·log s0).
+    Without the split (P = 1) the first term was h·n_b·log c_pad."""
     log_c = z.c_pad.bit_length() - 1
-    return z.h * z.n_b * log_c + z.n_b * (z.log_s0 - log_c)
+    p = window_pieces(z)
+    return z.h * z.n_b * (log_c - (p.bit_length() - 1)) + z.n_b * (p - 1) + z.n_b * (z.log_s0 - log_c)
 
 
 def colmajor(a: int, b: int, c: int, unit: tuple[int, int]) -> Counts:
@@ -176,14 +185,14 @@ def diag_abt_finishing(a: int, b: int, c: int, unit: tuple[int, int], imag: str 
 def diag_atb_finishing(a: int, b: int, c: int, unit: tuple[int, int], variant: str = "mask_a") -> Finishing:
     """DiagATB: the packing (2 rescales per block row), the per-k masks (``mask_a``: one per block
     row; ``prot_up``: one per block), one relinearization and one rescale per diagonal and column
-    block, one rescale per column block for the sum over diagonals. Per product the last term was
-    h·n_b: lazy placement saves (h − 1)·n_b; ``plain`` (CMults summed before one rescale) saves
-    h·n_b·(n_a − 1) more."""
+    block, one rescale per window piece (``window_pieces``) and column block for the sum over
+    diagonals. Per product the last term was h·n_b (P·h·n_b with the split): lazy placement saves
+    (h − 1)·P·n_b; ``plain`` (CMults summed before one rescale) saves h·n_b·(n_a − 1) more."""
     z = sizes(a, b, c, unit)
     h, n_a, n_b = z.h, z.n_a, z.n_b
-    d = max(h, 1)
+    d, p = max(h, 1), window_pieces(z)
     pack = 2 * n_a if h else 0
     if variant == "plain":
-        return Finishing(0, pack + d * n_b + n_b)
+        return Finishing(0, pack + d * n_b + p * n_b)
     shift = (h - 1) * n_a if variant == "mask_a" else (h - 1) * n_a * n_b
-    return Finishing(d * n_b, pack + max(shift, 0) + d * n_b + n_b)
+    return Finishing(d * n_b, pack + max(shift, 0) + d * n_b + p * n_b)

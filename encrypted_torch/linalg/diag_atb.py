@@ -237,15 +237,27 @@ def diag_atb_plain(a: TensorBase, b: Any, *, out_scale: float = 1.0, out_level: 
     return a._new(blocks, layout)
 
 
+def window_split(c_pad: int) -> int:
+    """log2 of the number of pieces DiagATB's window fold is split into (``_accumulate``): the last e
+    of the log c_pad window rotations per diagonal become 2^e − 1 per column block, for 2^e − 1 more
+    CMults per diagonal; e = ⌊log2(c_pad)/2⌋ (c_pad = 16: 800 → 475 rotations at (1024, 769, 10))."""
+    return cm.log2(c_pad) // 2
+
+
 def _accumulate(a: TensorBase, features: int, a_k: Any, b_k: Any, h: int, out_scale: float,
                 product: Any, finish: Any) -> tuple[Blocks, BlockLayout]:
     """Steps 1.2-2 of Algorithm 5: per diagonal and column block, multiply, fold rows, place.
 
-    The row fold runs in two stages: per diagonal, only over windows of c_pad rows (log c_pad
-    rotations); the diagonal mask N_k depends on the row only mod c_pad, so it can be applied then,
-    and the remaining log(s0/c_pad) folds run once per column block on the sum over diagonals, a
-    level lower. Σ_q Σ_k N_k ⊙ window_k(row + q·c_pad) = Σ_k N_k ⊙ Σ_rows z_k: the same result with
-    h·n_b·log s0 rotations cut to h·n_b·log c_pad + n_b·log(s0/c_pad).
+    The row fold runs in two stages: per diagonal, only over windows of c_pad rows; the diagonal
+    mask N_k depends on the row only mod c_pad, so it can be applied then, and the remaining
+    log(s0/c_pad) folds run once per column block on the sum over diagonals, a level lower:
+    Σ_q Σ_k N_k ⊙ window_k(row + q·c_pad) = Σ_k N_k ⊙ Σ_rows z_k.
+
+    The window fold itself is split (``window_split``): with w = c_pad/2^e, each diagonal is folded
+    over windows of w rows only, and N_k ⊙ window(z) = Σ_d N_k ⊙ Rot(window_w(z), d·w·s1) =
+    Σ_d Rot(Rot(N_k, −d·w·s1) ⊙ window_w(z), d·w·s1): the 2^e masks are rotated in the clear, the
+    masked terms of each d are summed over the diagonals, and only their sums are rotated, once per
+    column block. Rotations h·n_b·log c_pad → h·n_b·(log c_pad − e) + n_b·(2^e − 1).
     """
     ev = a.ctx.evaluator
     unit, (s0, s1) = a.layout.unit, a.layout.unit
@@ -253,12 +265,14 @@ def _accumulate(a: TensorBase, features: int, a_k: Any, b_k: Any, h: int, out_sc
     out_layout = BlockLayout((classes, features), unit, "vertical")
     c_pad, n_b = out_layout.c_pad, out_layout.grid[1]
     valid = out_layout.valid_mask()[0]  # padded classes and features stay exactly zero
-    window_folds = [(1 << e) * s1 for e in range(cm.log2(c_pad))]
+    split = window_split(c_pad)
+    pieces, w = 1 << split, c_pad >> split  # 2^e windows of w rows
+    window_folds = [(1 << e) * s1 for e in range(cm.log2(w))]
     block_folds = [(c_pad << e) * s1 for e in range(cm.log2(s0) - cm.log2(c_pad))]
     delta = ev.params.scale
 
     def partial(share: list[tuple[int, list[int]]]) -> list[Cipher]:
-        acc: dict[int, Cipher] = {}
+        acc: dict[tuple[int, int], Cipher] = {}
         for k, cols in share:
             ak, bk = a_k(k), b_k(k)
             if h:
@@ -273,16 +287,26 @@ def _accumulate(a: TensorBase, features: int, a_k: Any, b_k: Any, h: int, out_sc
                 z = finish(z)
                 for step in window_folds:
                     z = ev.add(z, ev.rotate(z, step))
-                term = ev.mul_plain_raw(z, place * valid[j], delta)
-                acc[j] = term if j not in acc else ev.add(acc[j], term)
-        return [acc[j] for j in sorted(acc)]
+                for d in range(pieces):  # Rot(mask, −d·w·s1) in the clear = np.roll by +d·w·s1
+                    term = ev.mul_plain_raw(z, np.roll(place * valid[j], d * w * s1), delta)
+                    acc[j, d] = term if (j, d) not in acc else ev.add(acc[j, d], term)
+        return [acc[key] for key in sorted(acc)]
 
     diagonals = range(max(h, 1))
-    acc = cm.sum_over_diagonals(a.ctx, diagonals, n_b, partial, len(diagonals) * n_b * a.layout.grid[0])
-    for j, z in enumerate(acc):
-        z = ev.rescale(z, delta)  # one rescale per column block for the sum over diagonals
+    flat = cm.sum_over_diagonals(a.ctx, diagonals, n_b, partial, len(diagonals) * n_b * a.layout.grid[0],
+                                 width=pieces)
+    acc = []
+    for j in range(n_b):
+        # One rescale per piece and column block for the sum over diagonals, then Σ_d Rot(y_d, d·w·s1)
+        # as a tree over power-of-two steps (2^e − 1 rotations, keys the block fold has anyway).
+        ys = [ev.rescale(y, delta) for y in flat[j * pieces:(j + 1) * pieces]]
+        stride = 1
+        while len(ys) > 1:
+            ys = [ev.add(ys[i], ev.rotate(ys[i + 1], stride * w * s1)) for i in range(0, len(ys), 2)]
+            stride *= 2
+        z = ys[0]
         for step in block_folds:  # every row ends up holding its column sums: no mask needed
             z = ev.add(z, ev.rotate(z, step))
-        acc[j] = z
+        acc.append(z)
     blocks = [[ev.real_part_times_two(c) if h else c for c in acc]]
     return blocks, out_layout
