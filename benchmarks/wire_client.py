@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     token = token_from_env_or_file(None)
     cfg, splits = _config(args)
     t0 = time.perf_counter()
-    prep = prepare_hetal(cfg, splits)
+    prep = prepare_hetal(cfg, splits, for_upload=True)  # as the client CLI: seeded unless cut
     prepare_seconds = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="et-wire-client-", dir=args.workdir))
     write_dataset(prep.train, work / "train")

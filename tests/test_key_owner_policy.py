@@ -7,6 +7,7 @@ pinned with exact counts, so an off-by-one in the allowance or the cap fails.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from encrypted_torch.client.policy import MAX_RESUMES, KeyOwnerPolicy
 from encrypted_torch.errors import JobPolicyError
@@ -96,3 +97,35 @@ def test_the_policy_state_round_trips():
     again.load_state_dict(ended.state_dict())
     with pytest.raises(JobPolicyError, match="boom"):
         again.check_open()
+
+
+def test_a_smaller_last_batch_is_planned_too():
+    """(1280 features, 4 classes, batches 64, 64, 19 on preset "test"): the 19-row batch's softmax takes a
+    path the full batches do not ('softmax normalize' at level 0); the plan dry-runs the real sizes too."""
+    import encrypted_torch as et
+    from encrypted_torch.client import KeyOwner
+    from encrypted_torch.client.policy import plan_job
+    from encrypted_torch.nn.linear import Linear
+    from encrypted_torch.storage.dataset import StreamingLoader
+    from encrypted_torch.training import EarlyStopping, Trainer
+    from encrypted_torch.training.job import BUILDERS, build_hetal_linear, validate_job
+
+    secret = et.SecretContext.create("test", backend="plain")
+    d, c = 1280, 4
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(147, d, generator=g, dtype=torch.float64), dim=1)
+    y = torch.randint(0, c, (147,), generator=g)
+    owner = KeyOwner(secret, EarlyStopping(patience=5))
+    train = owner.encrypt_dataset(x, y, num_classes=c, batch_size=64)
+    val = owner.encrypt_dataset(x[:30], y[:30], num_classes=c, batch_size=64, name="val", keep_labels=True)
+    assert [b.rows for b in train] == [64, 64, 19]
+    model0 = Linear(d, c, init="zeros").encrypt(owner.public_context, unit=train.unit)
+    init = {"weight_bias": model0.weight_bias.detach()}
+    job = validate_job({"model": "hetal-linear", "in_features": d, "out_features": c, "lr": 1.0, "epochs": 2},
+                       BUILDERS)
+    plan = plan_job(owner.public_context, job, init, train, val)
+    assert ("softmax normalize", 0) in plan.per_epoch
+    owner.expect(plan)
+    model, opt, crit = build_hetal_linear(owner.public_context, job, init, train.unit)
+    result = Trainer(model, opt, owner, crit, progress=False).fit(StreamingLoader(train, seed=0), val, 2, resume=True)
+    assert result.epochs_run == 2

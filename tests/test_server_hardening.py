@@ -473,9 +473,11 @@ def test_a_stale_refresh_reply_is_refused(tmp_path, plain_ctx):
     reply instead of training on operands out of levels."""
     from test_adversarial import JOB, client_data
 
-    class StaleOwner(KeyOwner):
-        def refresh(self, ciphers, stage=""):
-            return list(ciphers)
+    from encrypted_torch.ckks import cipher_codec
+
+    class StaleOwner(KeyOwner):  # the wire's refresh: records and bytes of the ciphertexts as they came
+        def refresh_payloads(self, ciphers, stage="", level=None, seeded=True):
+            return cipher_codec.dump(self.public_context, ciphers)
 
     owner, train, val, init, _ = client_data(secret=plain_ctx)
     stale = StaleOwner(plain_ctx)
@@ -485,7 +487,7 @@ def test_a_stale_refresh_reply_is_refused(tmp_path, plain_ctx):
         session = RemoteSession(url, TOKEN, stale, timeout=30)
         session.connect()
         session.upload(train, val)
-        with pytest.raises(RemoteError, match="not at the top level"):
+        with pytest.raises(RemoteError, match="not at the asked level"):
             session.train({**JOB, "epochs": 1}, init)
 
 
@@ -514,7 +516,7 @@ def test_client_workdir_and_files_are_private(tmp_path, plain_ctx, monkeypatch):
     prep = types.SimpleNamespace(secret=plain_ctx, key_owner=owner, train=train, val=val, init=init,
                                  test=(torch.zeros(4, 8), torch.zeros(4)), in_features=8,
                                  job=lambda every: {"model": "toy", "checkpoint_every": every})
-    monkeypatch.setattr(client_main, "prepare_hetal", lambda cfg: prep)
+    monkeypatch.setattr(client_main, "prepare_hetal", lambda cfg, **_: prep)
     monkeypatch.setenv("ENCRYPTED_TORCH_TOKEN", TOKEN)
     with socket.socket() as s:  # a port nobody listens on: the client stops after preparing its workdir
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ def dump(ctx: Any, ciphers: Sequence[Cipher]) -> tuple[list[list[Any]], list[byt
         if c.context_id != ctx.fingerprint:
             raise ContextMismatchError("a ciphertext to serialize was encrypted under another key")
         records.append([c.level, c.scale, c.size])
-        payloads.append(ctx.backend.handle_to_bytes(c.handle))
+        payloads.append(c.wire if c.wire is not None else ctx.backend.handle_to_bytes(c.handle))
     return records, payloads
 
 

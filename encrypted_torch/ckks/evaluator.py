@@ -8,7 +8,7 @@ automatically: the higher one is brought down; a scale fix rides on a level it h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ class Cipher:
     scale: float
     context_id: str
     size: int = 2  # 3 after a multiplication that was not relinearized yet
+    # A fresh secret-key encryption's seeded bytes (half the size): what serialization sends for it.
+    wire: bytes | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Cipher(level={self.level}, scale=2^{np.log2(self.scale):.3f}, size={self.size})"

@@ -139,14 +139,22 @@ class SecretContext:
             raise ValueError(f"level {level} outside this context's levels 0..{top}")
         return int(level)
 
-    def encrypt_vectors(self, vectors: Sequence[np.ndarray], level: int | None = None) -> list[Cipher]:
+    def encrypt_vectors(self, vectors: Sequence[np.ndarray], level: int | None = None,
+                        seeded: bool = False) -> list[Cipher]:
         """Fresh encryptions of slot vectors at ``level`` (default: the top), with the secret key where
-        the backend has secret-key encryption (half the work of the public key's)."""
+        the backend has secret-key encryption (half the work of the public key's). ``seeded``: each
+        keeps its seeded bytes, which serialization sends instead (half the bytes: for what will be
+        saved or uploaded, like a data set)."""
         ev, level = self.public().evaluator, self._level(level)
         out = []
         for values in vectors:
             values = values if np.any(np.imag(values)) else np.real(values)
-            if self._owner.symmetric_encryption:
+            if seeded and self._owner.symmetric_encryption:
+                wire = self._owner.encrypt_symmetric_seeded(values, self.params.scale, level)
+                c = ev.adopt_fresh(self.public().backend.handle_from_bytes(wire), level, self.params.scale)
+                c.wire = wire
+                out.append(c)
+            elif self._owner.symmetric_encryption:
                 out.append(ev.adopt_fresh(self._owner.encrypt_symmetric(values, self.params.scale, level),
                                           level, self.params.scale))
             else:

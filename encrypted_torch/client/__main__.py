@@ -49,7 +49,7 @@ from .report import write_report
 
 
 def _prepare(cfg: HetalConfig, workdir: Path, checkpoint_every: int) -> dict[str, Any]:
-    prep = prepare_hetal(cfg)
+    prep = prepare_hetal(cfg, for_upload=True)  # seeded: half the bytes to write and upload
     _private_dir(workdir)
     if getattr(prep, "inference", None) is not None:  # classes, backbone, normalisation: for model.pt
         torch.save(prep.inference, workdir / "inference.pt")

@@ -71,7 +71,9 @@ def encrypt_batches(features: torch.Tensor, labels: torch.Tensor | None, public_
                     unit: tuple[int, int] | None = None) -> tuple[EncDataset, torch.Tensor]:
     """Encrypt a dataset; returns it and the sample order used (for the key owner's labels).
 
-    ``unit``: the block shape (default: the cheapest for a training step, ``training.unit_choice``)."""
+    ``public_ctx``: the public context, or the key owner's SecretContext, which encrypts with the secret
+    key in SEAL's seeded form (half the bytes to save and upload). ``unit``: the block shape (default:
+    the cheapest for a training step, ``training.unit_choice``)."""
     features = torch.as_tensor(features).to(torch.float64)
     if features.ndim != 2:
         raise ShapeError(f"features must be (samples, features), got {tuple(features.shape)}")
@@ -90,11 +92,11 @@ def encrypt_batches(features: torch.Tensor, labels: torch.Tensor | None, public_
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         xb = features[idx]
-        x = encrypt(xb, public_ctx, layout=BlockLayout(tuple(xb.shape), unit, "grid"))
+        x = encrypt(xb, public_ctx, layout=BlockLayout(tuple(xb.shape), unit, "grid"), seeded=True)
         y = None
         if labels is not None and encrypt_labels:
             yb = one_hot(torch.as_tensor(labels)[idx], num_classes)
-            y = encrypt(yb, public_ctx, layout=BlockLayout(tuple(yb.shape), unit, "horizontal"))
+            y = encrypt(yb, public_ctx, layout=BlockLayout(tuple(yb.shape), unit, "horizontal"), seeded=True)
         batches.append(EncBatch(x, y, len(idx)))
     ds = EncDataset(batches, num_classes, features.shape[1], unit, name)
     return ds, order
@@ -133,14 +135,14 @@ def encrypt_to_disk(batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
         elif xb.shape[1] != num_features:
             raise ShapeError(f"batch {k} has {xb.shape[1]} features, batch 0 had {num_features}")
         assert unit is not None
-        x = encrypt(xb, public_ctx, layout=BlockLayout(tuple(xb.shape), unit, "grid"))
+        x = encrypt(xb, public_ctx, layout=BlockLayout(tuple(xb.shape), unit, "grid"), seeded=True)
         y = None
         if encrypt_labels:
             if yb is None:
                 raise ShapeError(f"batch {k} has no labels; a training set needs them (encrypt_labels=False "
                                  "for a validation set whose labels the key owner keeps)")
             onehot = one_hot(_check_labels(yb, xb.shape[0]), num_classes)
-            y = encrypt(onehot, public_ctx, layout=BlockLayout(tuple(onehot.shape), unit, "horizontal"))
+            y = encrypt(onehot, public_ctx, layout=BlockLayout(tuple(onehot.shape), unit, "horizontal"), seeded=True)
         writer.add(x, y, xb.shape[0])
         del x, y  # only the writer's file entries outlive the batch
     if writer is None:
@@ -166,7 +168,7 @@ def encrypt_dataset_to_disk(owner: Any, batches: Iterable[tuple[torch.Tensor, to
                 kept.append(_check_labels(yb, len(xb)).to(torch.int64))
             yield xb, yb
 
-    manifest = encrypt_to_disk(labelled(), directory, owner.public_context, num_classes=num_classes,
+    manifest = encrypt_to_disk(labelled(), directory, owner.secret, num_classes=num_classes,
                                unit=unit or owner.unit, name=name, encrypt_labels=not keep_labels)
     owner.unit = owner.unit or manifest.unit
     owner.num_classes = num_classes

@@ -107,11 +107,15 @@ class KeyOwner:
 
     def encrypt_dataset(self, features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                         batch_size: int, name: str = "train", keep_labels: bool = False,
-                        shuffle: bool = True, seed: int = 0, unit: tuple[int, int] | None = None) -> EncDataset:
-        """Shuffle, batch and encrypt. ``keep_labels=True`` (validation): the labels stay here.
-        ``unit``: the block shape (default: the first data set's, so that all sets and the model
-        agree; for the first, ``training.unit_choice.choose_unit``'s)."""
-        ds, order = encrypt_batches(features, labels, self.public_context, num_classes=num_classes,
+                        shuffle: bool = True, seed: int = 0, unit: tuple[int, int] | None = None,
+                        seeded: bool = False) -> EncDataset:
+        """Shuffle, batch and encrypt. ``keep_labels=True`` (validation, or training with the exact
+        softmax): the labels stay here. ``unit``: the block shape (default: the first data set's, so
+        that all sets and the model agree; for the first, ``training.unit_choice.choose_unit``'s).
+        ``seeded``: secret-key encryptions that save and upload in SEAL's seeded form (half the bytes;
+        for data that will be written or sent: ``client``'s command line does)."""
+        ctx = self.secret if seeded else self.public_context
+        ds, order = encrypt_batches(features, labels, ctx, num_classes=num_classes,
                                     batch_size=batch_size, shuffle=shuffle, seed=seed, name=name,
                                     encrypt_labels=not keep_labels, unit=unit or self.unit)
         self.unit = self.unit or ds.unit

@@ -19,6 +19,7 @@ from ..client.key_owner import KeyOwner
 from ..client.policy import plan_job
 from ..data.dataset import EncDataset
 from ..nn.linear import Linear
+from ..protocol.wire import wire_cuts
 from ..storage.dataset import StreamingLoader
 from ..tensor.enctensor import EncTensor
 from ..tensor.layout import next_pow2
@@ -108,9 +109,10 @@ class EncryptedSplits:
 
 
 def encrypt_splits(cfg: HetalConfig, splits: Any, *, backend: str = "seal",
-                   secret: SecretContext | None = None) -> EncryptedSplits:
+                   secret: SecretContext | None = None, seeded: bool = False) -> EncryptedSplits:
     """Normalise the features, make keys (unless given) for the unit ``choose_unit`` picks, and encrypt
-    the training and validation sets (the validation labels stay with the key owner)."""
+    the training and validation sets (the validation labels stay with the key owner). ``seeded``: in
+    SEAL's seeded form, half the bytes to save and upload."""
     (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
     xtr, xva, xte = normalise(xtr, xva, xte)
     c, d = splits.num_classes, xtr.shape[1]
@@ -120,8 +122,8 @@ def encrypt_splits(cfg: HetalConfig, splits: Any, *, backend: str = "seal",
                                             backend=backend)
     owner = KeyOwner(secret, EarlyStopping(patience=cfg.patience))
     train = owner.encrypt_dataset(xtr, ytr, num_classes=c, batch_size=cfg.batch_size, seed=cfg.seed, unit=unit,
-                                  keep_labels=exact)
-    val = owner.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val",
+                                  keep_labels=exact, seeded=seeded)
+    val = owner.encrypt_dataset(xva, yva, num_classes=c, batch_size=cfg.batch_size, name="val", seeded=seeded,
                                 keep_labels=True, shuffle=False, unit=unit)
     return EncryptedSplits(owner, train, val, (xtr, ytr), (xva, yva), (xte, yte), d, c)
 
@@ -155,14 +157,18 @@ class PreparedRun:
                 "checkpoint_every": checkpoint_every, "softmax": cfg.softmax}
 
 
-def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | None = None) -> PreparedRun:
-    """Load and normalise features, make keys (unless given), encrypt both sets and the initial model."""
+def prepare_hetal(cfg: HetalConfig, splits: Any = None, secret: SecretContext | None = None, *,
+                  for_upload: bool = False) -> PreparedRun:
+    """Load and normalise features, make keys (unless given), encrypt both sets and the initial model.
+    ``for_upload``: the sets will be written and sent, so they are encrypted in SEAL's seeded form
+    (half the bytes) unless ``ENCRYPTED_TORCH_WIRE_CUTS`` leaves ``seeded`` out."""
     backbone, skipped = None, 0
     if splits is None and cfg.dataset == "own":
         own = load_own(cfg)
         splits, backbone, skipped = own.splits, own.backbone, len(own.summary.skipped)
     splits = splits if splits is not None else load_features(cfg)
-    data = encrypt_splits(cfg, splits, backend=cfg.backend, secret=secret)
+    data = encrypt_splits(cfg, splits, backend=cfg.backend, secret=secret,
+                          seeded=for_upload and "seeded" in wire_cuts())
     owner, d, c = data.owner, data.features, data.classes
     torch.manual_seed(cfg.seed)
     model = Linear(d, c, init=cfg.init)

@@ -276,13 +276,16 @@ def _subclass(kind: str) -> type[EncTensor]:
 
 
 def encrypt(tensor: Any, ctx: Any, *, unit: tuple[int, int] | None = None, tiling: str = "grid",
-            layout: BlockLayout | None = None, requires_grad: bool = False, level: int | None = None) -> EncTensor:
+            layout: BlockLayout | None = None, requires_grad: bool = False, level: int | None = None,
+            seeded: bool = False) -> EncTensor:
     """Encrypt a 2-D tensor (or 1-D, as one row) with the public key, at ``level`` (default: the top).
+    ``seeded`` with the key owner's SecretContext as ``ctx``: secret-key encryptions that serialize in
+    SEAL's seeded form, half the bytes (for data the key owner saves or uploads).
 
     ``unit`` (s0, s1) defaults to the smallest power of two ≥ rows for s0 (HETAL.md §2);
     ``tiling`` is ``"grid"``, ``"vertical"`` (weights) or ``"horizontal"`` (logits).
     """
-    ctx = _public(ctx)
+    owner, ctx = ctx, _public(ctx)
     t = torch.as_tensor(tensor).detach().to(torch.float64).cpu()
     if t.ndim == 1:
         t = t.unsqueeze(0)
@@ -300,6 +303,12 @@ def encrypt(tensor: Any, ctx: Any, *, unit: tuple[int, int] | None = None, tilin
     if layout.slots != ctx.slots:
         raise ShapeError(f"unit {layout.unit} has {layout.slots} slots; the context has {ctx.slots}")
     packed = layout.pack(t.numpy())
+    if seeded and callable(getattr(owner, "encrypt_vectors", None)):
+        flat = owner.encrypt_vectors([packed[i, j] for i in range(packed.shape[0]) for j in range(packed.shape[1])],
+                                     level, seeded=True)
+        n_b = packed.shape[1]
+        return EncTensor([flat[i : i + n_b] for i in range(0, len(flat), n_b)], layout, ctx,
+                         requires_grad=requires_grad)
     ev = ctx.evaluator
     blocks = [[ev.encrypt(packed[i, j], level=level) for j in range(packed.shape[1])] for i in range(packed.shape[0])]
     return EncTensor(blocks, layout, ctx, requires_grad=requires_grad)

@@ -93,21 +93,33 @@ def plan_refreshes(ctx: PublicContext, build: Build, *, unit: tuple[int, int], n
                    steps_per_epoch: int, epochs: int) -> RefreshPlan:
     """Dry-run two epochs of ``build(null_ctx)``'s (model, optimizer, criterion) on null ciphers.
 
-    Every training step uses the largest batch (a smaller batch asks for no more refreshes).
-    Runs in an empty ``contextvars.Context`` on one process: the caller's counters, refresher and
-    timers see none of it. Milliseconds per step.
+    Two schedules, and the larger count of each (stage, level): every step on the largest batch,
+    and the epoch's real batch sizes (a smaller last batch can take another path through the softmax
+    and ask for a refresh the full ones do not). Runs in an empty ``contextvars.Context`` on one
+    process: the caller's counters, refresher and timers see none of it. Milliseconds per step.
     """
-    def run() -> RefreshPlan:
+    largest = max(train_rows)
+    if steps_per_epoch >= len(train_rows):
+        real = list(train_rows)
+    else:  # the server picks max_steps batches: each smaller size may be among them
+        real = ([r for r in sorted(set(train_rows)) if r != largest] + [largest] * steps_per_epoch)[:steps_per_epoch]
+    schedules = [[largest] * steps_per_epoch] + ([real] if real != [largest] * steps_per_epoch else [])
+
+    def run(schedule: list[int]) -> RefreshPlan:
         null = null_context(ctx.params, ctx.rotation_steps, "plan", primes=ctx.backend.primes)
-        rows = max(train_rows)
-        x = encrypt(torch.zeros(rows, num_features), null, layout=BlockLayout((rows, num_features), unit, "grid"))
-        y = encrypt(torch.zeros(rows, num_classes), null,
-                    layout=BlockLayout((rows, num_classes), unit, "horizontal"))
+        model, optimizer, criterion = build(null)
+        kept = getattr(criterion, "labels_stay_with_key_owner", False)
+
+        def batch(rows: int) -> tuple[EncTensor, Any]:
+            x = encrypt(torch.zeros(rows, num_features), null, layout=BlockLayout((rows, num_features), unit, "grid"))
+            if kept:
+                return x, KeptLabels("train", 0, rows)
+            return x, encrypt(torch.zeros(rows, num_classes), null,
+                              layout=BlockLayout((rows, num_classes), unit, "horizontal"))
+
+        batches = {r: batch(r) for r in set(schedule)}
         vals = [EncBatch(encrypt(torch.zeros(r, num_features), null,
                                  layout=BlockLayout((r, num_features), unit, "grid")), None, r) for r in val_rows]
-        model, optimizer, criterion = build(null)
-        if getattr(criterion, "labels_stay_with_key_owner", False):
-            y = KeptLabels("train", 0, rows)  # type: ignore[assignment]
         link = _Recorder(null)
         trainer = Trainer(model, optimizer, link, criterion, progress=False)
         epochs_usage, per_step, validation = [], Counter(), Counter()
@@ -116,9 +128,9 @@ def plan_refreshes(ctx: PublicContext, build: Build, *, unit: tuple[int, int], n
         with parallel.use_workers(1):
             for epoch in range(2):
                 start = Counter(link.usage)
-                for _ in range(steps_per_epoch):
+                for rows in schedule:
                     before = Counter(link.usage)
-                    trainer.train_step(x, y, epoch)
+                    trainer.train_step(*batches[rows], epoch)
                     per_step |= link.usage - before
                 before = Counter(link.usage)
                 logits = trainer.validation_logits(vals)
@@ -132,5 +144,13 @@ def plan_refreshes(ctx: PublicContext, build: Build, *, unit: tuple[int, int], n
         return RefreshPlan(epochs, steps_per_epoch, dict(per_epoch), dict(per_step), dict(validation),
                            val_layouts, state_layouts)
 
-    return contextvars.Context().run(run)
+    plans = [contextvars.Context().run(run, schedule) for schedule in schedules]
+    first = plans[0]
+    merged = [Counter(), Counter(), Counter()]
+    for plan in plans:
+        for total, part in zip(merged, (plan.per_epoch, plan.per_step, plan.validation), strict=True):
+            total |= Counter(part)
+    return RefreshPlan(epochs, steps_per_epoch, dict(merged[0]), dict(merged[1]), dict(merged[2]),
+                       first.val_layouts, first.state_layouts)
+
 
