@@ -27,6 +27,7 @@ from ..ckks.params import CKKSParams, get_params
 from ..data.dataset import EncBatch, KeptLabels
 from ..nn.linear import Linear
 from ..parallel import use_workers
+from ..protocol.wire import wire_cuts
 from ..tensor.enctensor import EncTensor, encrypt
 from ..tensor.layout import BlockLayout
 from ..training.job import make_criterion, make_optimizer
@@ -284,7 +285,9 @@ def estimate(cfg: HetalConfig, *, num_train: int, num_val: int, num_features: in
     val_ciphers = _cipher_count(num_val, d1, num_classes, unit, cfg.batch_size, False)
     weight_ciphers = math.ceil(num_classes / unit[0]) * math.ceil(d1 / unit[1])
     public_bytes = cal.base_context_bytes + max(0, keys - 1) * cal.key_bytes
-    data_bytes = (train_ciphers + val_ciphers) * cal.cipher_bytes
+    # the key owner's own encryptions (data, refresh replies) travel in SEAL's seeded form: half a ciphertext
+    fresh_share = 0.5 if "seeded" in wire_cuts() and cfg.backend == "seal" else 1.0  # (the plain backend has none)
+    data_bytes = int((train_ciphers + val_ciphers) * cal.cipher_bytes * fresh_share)
     pub_mb, data_mb = public_bytes / 1e6, data_bytes / 1e6
     extract_s = EXTRACT_SECONDS.get(kind, 0.0) * (num_train + num_val) / 0.7 + BACKBONE_LOAD_SECONDS.get(kind, 0.0)
     # the key owner: keys (public, relinearisation and rotation keys), its public() view, encryption, the
@@ -296,8 +299,9 @@ def estimate(cfg: HetalConfig, *, num_train: int, num_val: int, num_features: in
     epoch_end_s = 2 * weight_ciphers * (cal.encrypt_ms * 2 / 1e3 + 2 * cal.cipher_bytes / 1e6 / cal.hash_mb_s)
     total = setup_s + cfg.epochs * (steps_per_epoch * step_s + val_s + epoch_end_s)
     refreshes = ops_per_step.get("refreshes", 0.0)
-    # a refresh sends the cipher at its (low) level and gets a fresh one in SEAL's seeded form: ~1.5 top sizes
-    per_step_bytes = int(refreshes * 1.5 * cal.cipher_bytes)
+    # a refresh sends the cipher at level 0 (the base prime's share of the top's bits) and gets a fresh one back
+    request_share = params.coeff_bits[0] / sum(params.coeff_bits[:-1])
+    per_step_bytes = int(refreshes * (request_share + fresh_share) * cal.cipher_bytes)
     # in memory (measured on SEAL, 'fast'): key generation holds ~2x the keys' raw size, the public() view
     # another 1x; public_bytes() and its copies while sent ~1.5x the serialised size
     raw = 8 * params.poly_modulus_degree * 2 * (params.levels + 1)
@@ -309,8 +313,9 @@ def estimate(cfg: HetalConfig, *, num_train: int, num_val: int, num_features: in
     server = base + (2 * (keys + 1) * key_raw + public_bytes + 5 * batch_ciphers * raw) / 1e6
     return Estimate(cfg.preset, unit, cfg.batch_size, steps_per_epoch, cfg.epochs, keys,
                     {k: round(v, 1) for k, v in ops_per_step.items()}, round(refreshes, 2), val_ops.refreshes,
-                    step_s, val_s, extract_s, setup_s, total, public_bytes, train_ciphers * cal.cipher_bytes,
-                    val_ciphers * cal.cipher_bytes, per_step_bytes, client, server, asdict(cal))
+                    step_s, val_s, extract_s, setup_s, total, public_bytes,
+                    int(train_ciphers * cal.cipher_bytes * fresh_share),
+                    int(val_ciphers * cal.cipher_bytes * fresh_share), per_step_bytes, client, server, asdict(cal))
 
 
 def compare(est: dict[str, Any], measured: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
