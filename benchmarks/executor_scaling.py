@@ -270,6 +270,13 @@ def render(res: dict[str, Any]) -> str:
     for name, n in (("serial", 1), ("fork", 2), ("ray", 2)):
         cpu = ", ".join(f"{r['cpu']:.1f}" for r in m[name])
         lines.append(f"| {name} | {n} | {', '.join(f'{w:.1f}' for w in walls[name])} | {cpu} |")
+    cpu_ray = [r["cpu"] + sum(map(sum, r["task_seconds"])) for r in m["ray"]]
+    cpu_fork = [r["cpu"] for r in m["fork"]]
+    cpu_ratios = [r / f for r, f in zip(cpu_ray, cpu_fork, strict=False)]
+    lines += ["", f"**Ray / fork CPU ratio** per round (all the step's CPU: Ray's driver + its tasks' CPU in the "
+              f"workers, vs fork's driver + children; independent of the load): "
+              f"{', '.join(f'{r:.3f}' for r in cpu_ratios)} (Ray {', '.join(f'{c:.1f}' for c in cpu_ray)} s, fork "
+              f"{', '.join(f'{c:.1f}' for c in cpu_fork)} s)."]
     lines += ["", f"**Ray / fork wall ratio** per round: {', '.join(f'{r:.3f}' for r in ratios)} "
               f"(median {statistics.median(ratios):.3f}); fork speed-up over serial per round: "
               f"{', '.join(f'{s:.2f}' for s in speedups)}.", "",
@@ -355,7 +362,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-work", type=int, default=parallel.MIN_WORK, help="block products worth a share")
     ap.add_argument("--quick", action="store_true", help="a tiny shape on the 'test' preset (a smoke run)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rerender", type=Path, default=None, help="render a saved executor_scaling.json again")
     args = ap.parse_args(argv)
+    if args.rerender is not None:
+        res = json.loads(args.rerender.read_text())
+        res["model"] = {int(k): v for k, v in res["model"].items()}
+        res["check"] = {int(k): v for k, v in res["check"].items()}
+        args.out.write_text(render(res))
+        print(render(res))
+        return
     if args.quick:
         args.shape, args.preset, args.pairs, args.cost_repeats, args.store_mb = "256,65,3", "test", 1, 1, 256
         args.min_work = 0
