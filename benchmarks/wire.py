@@ -150,8 +150,9 @@ def run_cut(spec: str, links: list[Link], args: argparse.Namespace, token: str, 
             t0 = time.perf_counter()
             done = subprocess.run(cmd, env=env, cwd=REPO, timeout=args.timeout)
             if done.returncode != 0:
-                raise RuntimeError(f"cut {spec!r}: the client exited with {done.returncode} (server log: "
-                                   f"{work / 'server.log'})")
+                log = (work / "server.log").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"cut {spec!r}: the client exited with {done.returncode}; the server's log ends:\n"
+                                   + "\n".join(log))
             report = json.loads((work / "client.json").read_text())
             report["cut"], report["exact_softmax"], report["wall_seconds"] = spec, exact, time.perf_counter() - t0
             for link, relay in zip(relayed, relays.relays, strict=True):
@@ -207,6 +208,9 @@ def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, A
            "| ciphers back (levels) | step s | key owner s | × loopback | wire model s |",
            "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in results:
+        if "error" in r:
+            out.append(f"| {r['cut']} | failed: {r['error'].splitlines()[0][:80]} |" + " |" * 9)
+            continue
         bases = [r["sessions"].get(n, {}).get("per_step", {}).get("server_seconds") for n in ("loopback", BRACKET.name)]
         bases = [b for b in bases if b]
         base = sum(bases) / len(bases) if bases else None
@@ -230,7 +234,9 @@ def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, A
             "|---|---:|---:|---:|---|"]
     for r in results:
         up = r.get("upload", {})
-        first = next(iter(r["sessions"].values()))
+        first = next(iter(r["sessions"].values()), None)
+        if first is None:
+            continue
         total = sum(first["upload_bytes"].values())
         times = " / ".join(f"{link.transfer_seconds(total):.0f}" for link in links if not link.direct)
         out.append(f"| {r['cut']} | {_mb(up.get('public_context_wire_bytes'))} "
@@ -238,7 +244,7 @@ def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, A
     out += ["", "Epoch ends (validation logits to the key owner, state refreshed), first session of each cut:",
             "", "| cut | MB client→server | MB server→client | round trips |", "|---|---:|---:|---:|"]
     for r in results:
-        first = next(iter(r["sessions"].values()))
+        first = next(iter(r["sessions"].values()), {"epoch_ends": []})
         for e in first["epoch_ends"][:1]:
             out.append(f"| {r['cut']} | {_mb(e['c2s_bytes'])} | {_mb(e['s2c_bytes'])} | {e['round_trips']} |")
     return "\n".join(out) + "\n"
@@ -294,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="et-wire-") as tmp:
         for spec in args.cuts:
-            results.append(run_cut(spec, links, args, token, Path(tmp)))
+            try:
+                results.append(run_cut(spec, links, args, token, Path(tmp)))
+            except (RuntimeError, subprocess.TimeoutExpired) as err:  # the other cuts still run
+                print(f"[{spec}] failed: {err}", file=sys.stderr, flush=True)
+                results.append({"cut": spec, "error": str(err), "sessions": {}})
             meta["load_at_end"] = round(os.getloadavg()[0], 2)
             (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
             table = markdown(results, links, meta)
