@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import ray
+import torch
 from ray import cloudpickle
 from ray.cluster_utils import Cluster
 from test_executor import _product_and_softmax
@@ -64,9 +65,9 @@ def _raw(ctx, ciphers):
 def _products(ctx):
     rng = np.random.default_rng(11)
     unit = (128, ctx.slots // 128)
-    x = et.encrypt(__import__("torch").from_numpy(rng.normal(size=(300, 100))), ctx, unit=unit)
-    w = et.encrypt(__import__("torch").from_numpy(rng.normal(size=(6, 100))), ctx, unit=unit, tiling="vertical")
-    g = et.encrypt(__import__("torch").from_numpy(rng.normal(size=(300, 6))), ctx, unit=unit, tiling="horizontal")
+    x = et.encrypt(torch.from_numpy(rng.normal(size=(300, 100))), ctx, unit=unit)
+    w = et.encrypt(torch.from_numpy(rng.normal(size=(6, 100))), ctx, unit=unit, tiling="vertical")
+    g = et.encrypt(torch.from_numpy(rng.normal(size=(300, 6))), ctx, unit=unit, tiling="horizontal")
     return lambda: [*diag_abt(x, w).ciphers(), *diag_atb(g, x, out_scale=0.5).ciphers()]
 
 
