@@ -178,3 +178,22 @@ def test_a_killed_share_is_retried_without_asking_the_key_owner_again(topology, 
     assert os.path.exists(tmp_path / "k") and owner.asked == 3
     for s, part in enumerate(out):
         np.testing.assert_array_equal(plain_ctx.decrypt_vector(part[0]).real, np.full(pub.slots, s + 1.0))
+
+
+def test_a_worker_loads_only_the_ciphertexts_its_share_touches(seal_ctx) -> None:
+    """No Ray runtime needed: the wire format alone. A share loads what it uses; a record that does not
+    match SEAL's bytes is a WorkerError when the ciphertext is first used."""
+    from encrypted_torch.executors import ray_wire
+
+    pub = seal_ctx.public()
+    ev = pub.evaluator
+    cs = [ev.mod_switch(pub.encrypt_vector(np.full(pub.slots, i + 1.0)), i % 2) for i in range(4)]
+    packed = ray_wire.dumps(lambda s: [ev.add(cs[s], cs[s])], pub)
+    fn, lazies = ray_wire.loads_with_ciphers(packed, pub)
+    out = fn(2)
+    assert [c.loaded for c in lazies] == [False, False, True, False]
+    np.testing.assert_allclose(seal_ctx.decrypt_vector(out[0]).real, 6.0, atol=1e-3)
+    data, records, payloads = packed
+    fn, _ = ray_wire.loads_with_ciphers((data, [[1 - r[0], r[1], r[2]] for r in records], payloads), pub)
+    with pytest.raises(WorkerError, match="level/scale/size"):
+        fn(0)
