@@ -58,6 +58,18 @@ def test_seal_round_trip(tmp_path, seal_ctx):
         assert_close(b.y, onehot[BATCH * i : BATCH * i + b.rows], secret=seal_ctx, keyswitches=0)
 
 
+def test_secret_context_writes_seeded_halves(tmp_path, seal_ctx):
+    """The key owner's SecretContext encrypts with the secret key in seeded form: half the bytes, same values."""
+    x, y = rows(3)
+    public = encrypt_to_disk(batches(x, y), tmp_path / "pk", seal_ctx.public(), num_classes=CLASSES)
+    seeded = encrypt_to_disk(batches(x, y), tmp_path / "sk", seal_ctx, num_classes=CLASSES)
+    ratio = sum(f.bytes for f in seeded.files()) / sum(f.bytes for f in public.files())
+    assert 0.45 < ratio < 0.55, ratio
+    disk = open_dataset(tmp_path / "sk", seal_ctx.public(), verify=True)
+    for i, b in enumerate(disk.batches):
+        assert_close(b.x, x[BATCH * i : BATCH * i + b.rows], secret=seal_ctx, keyswitches=0)
+
+
 def live_enctensors() -> int:
     gc.collect()
     return sum(issubclass(type(o), EncTensor) for o in gc.get_objects())  # type(): no __class__ lookups

@@ -111,7 +111,9 @@ def encrypt_to_disk(batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
     dataset of any size is encrypted on a laptop. Batches are written in the order given (shuffle
     the rows before, as ``encrypt_batches`` does). ``encrypt_labels=False`` (validation): the
     labels are not encrypted and may be None. ``unit``: default ``choose_unit``'s for the first
-    batch. The manifest is written last, so a failure part way leaves no usable directory.
+    batch. ``public_ctx`` may be the key owner's SecretContext: secret-key encryptions in SEAL's
+    seeded form, half the bytes on disk and on the wire (``encrypt_dataset_to_disk`` does this).
+    The manifest is written last, so a failure part way leaves no usable directory.
 
     >>> m = encrypt_to_disk(((x[i:i + 1024], y[i:i + 1024]) for i in range(0, len(x), 1024)),
     ...                     "data/train", owner.public_context, num_classes=10)   # doctest: +SKIP
