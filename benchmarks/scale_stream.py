@@ -246,6 +246,18 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def git_state() -> str:
+    """The commit the code ran at, with "+dirty" when the tree has changes (a shared tree often has)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def loadavg() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
@@ -267,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step_shape": [args.batch_size, FEATURES + 1, CLASSES], "classes": CLASSES, "batch_size": args.batch_size,
         "batches": batches, "preset": PRESET, "seed": args.seed, "max_steps": args.max_steps,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": loadavg()},
+        "code": git_state(),
     }
     watch = MemoryWatch({"client": os.getpid()}, args.sample)
     proc = None
