@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     part0m = part0 if same else costs_part(args, args.measure_preset, ray_executor)
     part1 = measure(args, shape, ray_executor)
     ray.shutdown()
-    model = model_part(args, shape, part0, args.preset, CORES)
+    model = model_part(args, shape, part0, args.preset, args.cores)
     check = model if same else model_part(args, shape, part0m, args.measure_preset, [1, 2])
     return {"shape": shape, "preset": args.preset, "measure_preset": args.measure_preset, **part1,
             "sizes": part0["sizes"], "wire": part0["wire"], "wire_measured": part0m["wire"], "model": model,
@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
                     "'test' where the machine has no room for Ray workers holding N=16384 keys)")
     ap.add_argument("--pairs", type=int, default=2, help="rounds of interleaved steps")
     ap.add_argument("--order", nargs="+", default=["fork", "ray", "serial"])
+    ap.add_argument("--cores", type=int, nargs="+", default=CORES, help="core counts the model predicts (1 and 2 "
+                    "are needed for the validation)")
     ap.add_argument("--cost-repeats", type=int, default=3)
     ap.add_argument("--cores-per-node", type=int, default=8)
     ap.add_argument("--bandwidth", type=float, default=1.25, help="GB/s between nodes (10 GbE)")
