@@ -228,9 +228,10 @@ def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, A
                        f"({_levels(ps.get('levels_to_server', {}))}) | {'–' if step is None else f'{step:.2f}'} "
                        f"| {_sec(ps.get('key_owner_seconds'))} "
                        f"| {ratio} | {'–' if model is None else f'{model:.2f}'} |")
+    relayed = " / ".join(link.name for link in links if not link.direct) or "loopback"
     out += ["", "One-off costs (per cut configuration):", "",
             "| cut | public context MB | dataset upload KB / row | upload MB (context + data) "
-            "| upload time over " + " / ".join(link.name for link in links if not link.direct) + " (s, computed) |",
+            f"| upload time over {relayed} (s, computed) |",
             "|---|---:|---:|---:|---|"]
     for r in results:
         up = r.get("upload", {})
