@@ -59,6 +59,15 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its reaped children (the forked workers), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def plaintext_twin(cfg: HetalConfig) -> dict[str, Any]:
     """The same training in torch (exact softmax), as ``hetal.pipeline.run`` makes its twin."""
     splits = load_features(cfg)
@@ -92,9 +101,10 @@ def run(softmax: str, link_spec: str, workdir: Path, data_dir: str | None) -> di
                    "--workdir", str(workdir / "client"), *_args(softmax, data_dir), "--report", str(report_path)]
             start = time.perf_counter()
             client = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            peak_client = 0.0
+            peak_client, cpu = 0.0, {"client": 0.0, "server": 0.0}
             while client.poll() is None:
                 peak_client = max(peak_client, _peak_rss_mib(client.pid))
+                cpu = {"client": _cpu_seconds(client.pid), "server": _cpu_seconds(server.pid)}
                 time.sleep(1.0)
             total = time.perf_counter() - start
             out, err = client.communicate()
@@ -120,6 +130,7 @@ def run(softmax: str, link_spec: str, workdir: Path, data_dir: str | None) -> di
             "link_bytes_client_to_server": stats.c2s.bytes if stats else None,
             "link_bytes_server_to_client": stats.s2c.bytes if stats else None,
             "peak_rss_mib": {"client": round(peak_client), "server": round(peak_server)},
+            "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},  # wall time depends on the machine's load
             "history": report["history"], "client_stdout_tail": out[-2000:]}
 
 
