@@ -11,6 +11,8 @@
   without asking the key owner twice.
 * A worker that dies mid-share is retried (``max_retries``, tasks are pure functions of their
   inputs); past that the map raises WorkerError. A share's own exception is re-raised as itself.
+  Ray retries shares its memory monitor kills without end by default; a Ray this executor starts
+  retries them ``max_retries`` times (on a cluster: ``RAY_task_oom_retries`` for ``ray start``).
 """
 
 from __future__ import annotations
@@ -91,8 +93,10 @@ class RayExecutor(Executor):
             if ray.is_initialized():
                 return
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, **self.init_options}
-            if self.address is None and self.num_cpus is not None:
-                options["num_cpus"] = self.num_cpus
+            if self.address is None:  # a Ray of our own: a share its memory monitor kills is not retried forever
+                options.setdefault("_system_config", {"task_oom_retries": self.max_retries})
+                if self.num_cpus is not None:
+                    options["num_cpus"] = self.num_cpus
             ray.init(address=self.address, **options)
             self._started = True
             nodes = [n for n in ray.nodes() if n.get("Alive")]
