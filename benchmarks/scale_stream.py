@@ -330,8 +330,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         session.upload(client_dir / "train", client_dir / "val")
         seconds = time.perf_counter() - t0
         sent = du(client_dir / "train") + du(client_dir / "val")
-        out["upload"] = {"seconds": round(seconds, 2), "dataset_bytes": sent,
-                         "mib_per_second": round(sent / MiB / seconds, 1)}
+        context = sum(p.stat().st_size for p in server_dir.glob("*/public_context.et"))  # sent first
+        out["upload"] = {"seconds": round(seconds, 2), "dataset_bytes": sent, "public_context_bytes": context,
+                         "mib_per_second": round((sent + context) / MiB / seconds, 1)}
         print(f"uploaded {sent / 2**30:.2f} GiB in {seconds:.1f} s", flush=True)
 
         torch.manual_seed(args.seed)
