@@ -389,7 +389,7 @@ def peak(result: dict[str, Any], side: str, key: str = "vmhwm_mib") -> float:
 def table(results: list[dict[str, Any]]) -> str:
     """The markdown table of docs/performance.md ("Streaming at scale") from result files."""
     head = ("| rows (batches) | encrypt: wall s (rows/s) · client CPU s | disk: client GiB (bytes/row) · server GiB | "
-            "upload: wall s (MiB/s) · CPU s client/server | step: server s · wall s | epoch s | "
+            "upload: wall s · CPU s client/server | step: server s · wall s | epoch s | "
             "peak RSS GiB: client · server |\n|---|---|---|---|---|---|---|")
     lines = [head]
     gib = 2**30
@@ -401,7 +401,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {r['rows']:,} ({r['batches']}) | {e['seconds']:.0f} ({e['rows_per_second']:.0f}) · "
             f"{m['encrypt_train']['client']['cpu_seconds']:.0f} | {r['disk']['client_bytes'] / gib:.2f} "
             f"({r['disk']['client_train_bytes_per_row']:,}) · {r['disk']['server_session_bytes'] / gib:.2f} | "
-            f"{u['seconds']:.0f} ({u['mib_per_second']:.0f}) · {m['upload']['client']['cpu_seconds']:.0f}/"
+            f"{u['seconds']:.0f} · {m['upload']['client']['cpu_seconds']:.0f}/"
             f"{m['upload']['server']['cpu_seconds']:.0f} | {t['seconds_per_step']:.1f} · "
             f"{t['wall_seconds_per_step'] or 0:.1f} | {epoch} | {peak(r, 'client') / 1024:.2f} · "
             f"{peak(r, 'server') / 1024:.2f} |")
