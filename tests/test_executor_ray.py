@@ -72,12 +72,15 @@ def _products(ctx):
 
 
 def test_plain_step_matches_fork(topology, plain_ctx) -> None:
-    """Products and a softmax whose shares ask for refreshes: bit-identical, same counts; shares spread."""
-    fork_out, fork_ops = _run(ForkExecutor(), plain_ctx, lambda: _product_and_softmax(plain_ctx), plain_ctx)
+    """Products and a softmax whose shares ask for refreshes: bit-identical, same counts, the same
+    key-owner round trips (one per stage for all shares); shares spread over the nodes."""
+    fork_owner, ray_owner = _CountingOwner(plain_ctx), _CountingOwner(plain_ctx)
+    fork_out, fork_ops = _run(ForkExecutor(), plain_ctx, lambda: _product_and_softmax(plain_ctx), fork_owner)
     executor = RayExecutor(timeout=TIMEOUT)
-    ray_out, ray_ops = _run(executor, plain_ctx, lambda: _product_and_softmax(plain_ctx), plain_ctx)
+    ray_out, ray_ops = _run(executor, plain_ctx, lambda: _product_and_softmax(plain_ctx), ray_owner)
     assert _raw(plain_ctx, ray_out) == _raw(plain_ctx, fork_out)
     assert ray_ops.as_dict() == fork_ops.as_dict() and ray_ops.by_level == fork_ops.by_level
+    assert ray_owner.calls == fork_owner.calls > 0 and ray_owner.asked == fork_owner.asked
     assert ray_ops.refreshes > 0 and executor.stats.refresh_bytes > 0
     nodes = {node for node, _ in executor.stats.workers}
     assert len(nodes) == (2 if topology == "cluster" else 1)
@@ -154,10 +157,11 @@ class _CountingOwner:
     """The key owner, counting the ciphertexts it is asked to refresh."""
 
     def __init__(self, secret):
-        self.secret, self.asked = secret, 0
+        self.secret, self.asked, self.calls = secret, 0, 0
 
     def refresh(self, ciphers, stage=""):
         self.asked += len(ciphers)
+        self.calls += 1
         return self.secret.refresh(ciphers)
 
 
@@ -175,7 +179,7 @@ def test_a_killed_share_is_retried_without_asking_the_key_owner_again(topology, 
     with et.refresh_with(owner):
         out = RayExecutor(timeout=TIMEOUT).map(pub, _killed_once(work, str(tmp_path / "k")), [0, 1, 2],
                                                serve_refreshes=True)
-    assert os.path.exists(tmp_path / "k") and owner.asked == 3
+    assert os.path.exists(tmp_path / "k") and owner.asked == 3 and owner.calls == 1  # all three in one round trip
     for s, part in enumerate(out):
         np.testing.assert_array_equal(plain_ctx.decrypt_vector(part[0]).real, np.full(pub.slots, s + 1.0))
 

@@ -6,7 +6,9 @@
 * A map's share function is pickled once (``ray_wire``: ciphertexts as bytes, keys by fingerprint) and
   put once; each worker process unpickles it once per map, however many shares it runs.
 * Refreshes asked by remote shares go through a mailbox actor to the driver, whose Refresher serves
-  them: the key owner's link and anything secret stay in the driver. Answers are kept per
+  them: the key owner's link and anything secret stay in the driver. As the fork pool does, requests
+  are answered together once every running share waits on one: one key-owner round trip per stage,
+  not one per share. Answers are kept per
   (share, request number) for the map, so a retried share gets the same fresh ciphertexts again
   without asking the key owner twice.
 * A worker that dies mid-share is retried (``max_retries``, tasks are pure functions of their
@@ -178,7 +180,8 @@ class RayExecutor(Executor):
         outputs: list[Any] = [None] * len(tasks)
         pending = list(tasks)
         asks = mailbox.next.remote(call) if mailbox is not None else None
-        answered: dict[tuple[int, int], tuple[bytes, Any]] = {}
+        answered: dict[tuple[int, int], tuple[bytes, Any]] = {}  # (share, request number) → (digest, answer)
+        waiting: dict[int, tuple[Any, Any]] = {}  # share → (key, request) not answered yet
         try:
             while pending:
                 ready, _ = ray.wait(pending + ([asks] if asks is not None else []), num_returns=1,
@@ -188,11 +191,20 @@ class RayExecutor(Executor):
                 for ref in ready:
                     if ref == asks:
                         for key, request in _mailbox_get(ref):
-                            mailbox.answer.remote(key, self._answer(ctx, refresher, key, request, answered))
+                            self.stats.refresh_bytes += sum(map(len, request[1]))
+                            replay = _replay(key, request, answered)
+                            if replay is not None:
+                                mailbox.answer.remote(key, replay)
+                            else:
+                                waiting[key[1]] = (key, request)
                         asks = mailbox.next.remote(call)
                     else:
                         pending.remove(ref)
+                        waiting.pop(index[ref], None)
                         outputs[index[ref]] = _result(ref, self.max_retries)
+                if waiting and len(waiting) == len(pending):  # every running share waits: answer together
+                    self._answer_together(ctx, refresher, waiting, answered, mailbox)
+                    waiting.clear()
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -207,25 +219,44 @@ class RayExecutor(Executor):
                 mailbox.close.remote(call)
         return outputs
 
-    def _answer(self, ctx: PublicContext, refresher: Any, key: tuple[str, int, int], request: Any,
-                answered: dict[tuple[int, int], tuple[bytes, Any]]) -> Any:
-        """A refresh for a remote share; a retried share's repeated request gets the first answer."""
-        records, payloads, stage = request
-        self.stats.refresh_bytes += sum(map(len, payloads))
-        digest = hashlib.sha256(b"".join(payloads)).digest()
-        seen = answered.get(key[1:])
-        if seen is not None:
-            if seen[0] != digest:
-                return "err", WorkerError(f"share {key[1]} asked refresh {key[2]} again for other ciphertexts")
-            return seen[1]
-        try:
-            asked = cipher_codec.load(ctx, records, payloads, what="refresh request", error=WorkerError)
-            reply: Any = ("fresh", cipher_codec.dump(ctx, refresh_stage(refresher, asked, stage)))
-            self._ship(b"".join(reply[1][1]), "refresh_bytes")
-        except Exception as err:  # noqa: BLE001 (raised in the share, where it asked)
-            reply = ("err", _portable(err))
-        answered[key[1:]] = (digest, reply)
-        return reply
+    def _answer_together(self, ctx: PublicContext, refresher: Any, waiting: dict[int, tuple[Any, Any]],
+                         answered: dict[tuple[int, int], tuple[bytes, Any]], mailbox: Any) -> None:
+        """One key-owner round trip per stage for all waiting shares (shares run the same stages on
+        different rows, so they ask in step, as the fork pool's children), split back in share order."""
+        by_stage: dict[str, list[int]] = {}
+        for i in sorted(waiting):
+            by_stage.setdefault(waiting[i][1][2], []).append(i)
+        for stage, group in by_stage.items():
+            try:
+                asked = [cipher_codec.load(ctx, waiting[i][1][0], waiting[i][1][1], what="refresh request",
+                                           error=WorkerError) for i in group]
+                fresh = refresh_stage(refresher, [c for part in asked for c in part], stage)
+                replies, start = [], 0
+                for part in asked:
+                    replies.append(("fresh", cipher_codec.dump(ctx, fresh[start : start + len(part)])))
+                    start += len(part)
+            except Exception as err:  # noqa: BLE001 (each share raises it where it asked)
+                replies = [("err", _portable(err))] * len(group)
+            for i, reply in zip(group, replies, strict=True):
+                key, request = waiting[i]
+                if reply[0] == "fresh":
+                    self._ship(b"".join(reply[1][1]), "refresh_bytes")
+                answered[key[1:]] = (_digest(request), reply)
+                mailbox.answer.remote(key, reply)
+
+
+def _digest(request: Any) -> bytes:
+    return hashlib.sha256(b"".join(request[1])).digest()
+
+
+def _replay(key: tuple[str, int, int], request: Any, answered: dict[tuple[int, int], tuple[bytes, Any]]) -> Any:
+    """The first answer to a retried share's repeated request (None if it was not answered yet)."""
+    seen = answered.get(key[1:])
+    if seen is None:
+        return None
+    if seen[0] != _digest(request):
+        return "err", WorkerError(f"share {key[1]} asked refresh {key[2]} again for other ciphertexts")
+    return seen[1]
 
 
 def _mailbox_get(ref: Any) -> Any:
