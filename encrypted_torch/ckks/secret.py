@@ -151,9 +151,8 @@ class SecretContext:
             values = values if np.any(np.imag(values)) else np.real(values)
             if seeded and self._owner.symmetric_encryption:
                 wire = self._owner.encrypt_symmetric_seeded(values, self.params.scale, level)
-                c = ev.adopt_fresh(self.public().backend.handle_from_bytes(wire), level, self.params.scale)
-                c.wire = wire
-                out.append(c)
+                counters.record("encryptions", level=level)
+                out.append(SeededCipher(ev.backend, wire, level, self.params.scale, ev.context_id))
             elif self._owner.symmetric_encryption:
                 out.append(ev.adopt_fresh(self._owner.encrypt_symmetric(values, self.params.scale, level),
                                           level, self.params.scale))
@@ -226,6 +225,26 @@ class SecretContext:
             matches = bool(np.max(np.abs(self._owner.decrypt(handle).real - probe)) < 1e-3)
         if not matches:
             raise ContextMismatchError("the secret key does not belong to the public key in these bytes")
+
+
+class SeededCipher(Cipher):
+    """A key owner's fresh encryption held as its seeded bytes (half a ciphertext): what is saved and
+    sent as is; SEAL expands it only when an op first reads the handle (a data set that is written
+    and uploaded never is)."""
+
+    def __init__(self, backend: Any, wire: bytes, level: int, scale: float, context_id: str) -> None:
+        self._backend, self._handle = backend, None
+        self.wire, self.level, self.scale, self.context_id, self.size = wire, level, scale, context_id, 2
+
+    @property  # type: ignore[override]
+    def handle(self) -> Any:
+        if self._handle is None:
+            self._handle = self._backend.handle_from_bytes(self.wire)
+        return self._handle
+
+    @handle.setter
+    def handle(self, value: Any) -> None:
+        self._handle = value
 
 
 class _PlainKeyOwner:
