@@ -330,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         session.upload(client_dir / "train", client_dir / "val")
         seconds = time.perf_counter() - t0
         sent = du(client_dir / "train") + du(client_dir / "val")
-        context = sum(p.stat().st_size for p in server_dir.glob("*/public_context.et"))  # sent first
+        context = sum(p.stat().st_size for p in server_dir.rglob("public_context.et"))  # sent first
         out["upload"] = {"seconds": round(seconds, 2), "dataset_bytes": sent, "public_context_bytes": context,
                          "mib_per_second": round((sent + context) / MiB / seconds, 1)}
         print(f"uploaded {sent / 2**30:.2f} GiB in {seconds:.1f} s", flush=True)
@@ -396,6 +396,7 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in sorted(results, key=lambda r: r["rows"]):
         m, e, u, t = r["memory"], r["encrypt"]["train"], r["upload"], r["train"]
         measured = r["epoch_time_kind"] == "measured"
+        wall = "–" if t["wall_seconds_per_step"] is None else f"{t['wall_seconds_per_step']:.1f}"
         epoch = f"{r['epoch_seconds']:.0f} (measured)" if measured else f"≈ {r['epoch_seconds']:.0f} (extrapolated)"
         lines.append(
             f"| {r['rows']:,} ({r['batches']}) | {e['seconds']:.0f} ({e['rows_per_second']:.0f}) · "
@@ -403,7 +404,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"({r['disk']['client_train_bytes_per_row']:,}) · {r['disk']['server_session_bytes'] / gib:.2f} | "
             f"{u['seconds']:.0f} · {m['upload']['client']['cpu_seconds']:.0f}/"
             f"{m['upload']['server']['cpu_seconds']:.0f} | {t['seconds_per_step']:.1f} · "
-            f"{t['wall_seconds_per_step'] or 0:.1f} | {epoch} | {peak(r, 'client') / 1024:.2f} · "
+            f"{wall} | {epoch} | {peak(r, 'client') / 1024:.2f} · "
             f"{peak(r, 'server') / 1024:.2f} |")
     return "\n".join(lines)
 
