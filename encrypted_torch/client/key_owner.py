@@ -242,18 +242,18 @@ class KeyOwner:
             self._layouts = {k: (v.layout, v.ctx) for k, v in state.items()}
         self.history.append({"epoch": epoch, **metrics, "improved": float(improved)})
         self.policy.record_verdict(epoch, stop)
-        refreshed = {k: encrypt(plain[k], v.ctx, layout=v.layout) for k, v in state.items()}
+        refreshed = {k: encrypt(plain[k], self.secret, layout=v.layout, seeded=True) for k, v in state.items()}
         return EpochVerdict(refreshed, stop)
 
     def _fresh(self, state: dict[str, EncTensor]) -> dict[str, EncTensor]:
-        return {k: encrypt(self.secret.decrypt(v), v.ctx, layout=v.layout) for k, v in state.items()}
+        return {k: encrypt(self.secret.decrypt(v), self.secret, layout=v.layout, seeded=True) for k, v in state.items()}
 
     def best_state(self) -> dict[str, EncTensor]:
         """Fresh encryptions of the best epoch's weights (the server loads them at the end)."""
         self.policy.check_open()
         if self._best is None:
             raise ShapeError("no epoch has been judged yet")
-        return {k: encrypt(v, self._layouts[k][1], layout=self._layouts[k][0]) for k, v in self._best.items()}
+        return {k: encrypt(v, self.secret, layout=self._layouts[k][0], seeded=True) for k, v in self._best.items()}
 
     @property
     def best_epoch(self) -> int:
