@@ -173,3 +173,59 @@ def test_param_groups_have_their_own_lr(plain_ctx):
     assert torch.allclose(plain_ctx.decrypt(b), torch.full((1, 2), -0.1, dtype=torch.float64))
     with pytest.raises(ValueError, match="more than one"):
         opt.add_param_group({"params": [a]})
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_keeps_the_parameter_at_the_level_its_use_needs(any_ctx, momentum):
+    """With ``use_levels`` = 1 on a 3-level preset: gradients (arriving at level 0, as DiagATB leaves
+    them) come back from their refresh at 2 levels (3 with momentum), a buffer is refreshed before it
+    could pull the parameter below 1, and the parameter never drops below 1 — so its use never asks for
+    a refresh. Values match torch's rule within CKKS noise (exactly, on the plain backend)."""
+    ctx = any_ctx
+    w0 = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    tw = torch.nn.Parameter(w0.clone())
+    topt = torch.optim.SGD([tw], lr=0.1, momentum=momentum, nesterov=bool(momentum))
+    w = Parameter(et.encrypt(w0, ctx))
+    w.use_levels = 1
+    opt = SGD([w], lr=0.1, momentum=momentum, nesterov=bool(momentum))
+    back: list[int] = []
+
+    class Recording:
+        def refresh(self, ciphers, stage="", level=None):
+            fresh = ctx.refresh(ciphers, level=level)
+            back.extend(c.level for c in fresh)
+            return fresh
+
+    steps, levels = 9, []
+    with et.refresh_with(Recording()):
+        for s in range(steps):
+            g = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(10 + s))
+            tw.grad = g.clone()
+            topt.step()
+            w.grad = et.encrypt(g, ctx, level=0)
+            opt.step()
+            levels.append(w.level)
+    assert min(levels) == 1  # never below its use, and down to it (no level kept for nothing)
+    if momentum:
+        # grads back at 3 each step; the buffer (3 → 2 → 1) is refreshed to 3 in steps 4, 6 and 8,
+        # where at level 1 it would leave the parameter at 0
+        assert back == [3] * (steps + 3), back
+        assert levels == [2, 2, 1, 1, 1, 1, 1, 1, 1]
+    else:
+        assert back == [2] * steps
+        assert levels == [1] * steps
+    exact = ctx.public().evaluator.backend.name == "plain"
+    tol = 1e-9 if exact else ckks_tolerance(ctx.params, magnitude=4, depth=3 * steps)
+    assert (ctx.decrypt(w) - tw.detach()).abs().max() <= tol
+
+
+def test_sgd_without_a_refresher_keeps_its_old_levels(seal_ctx):
+    """``use_levels`` changes nothing without an active Refresher: no refresh is asked early."""
+    w = Parameter(et.encrypt(torch.zeros(2, 2), seal_ctx))
+    w.use_levels = 2
+    opt = SGD([w], lr=0.1, momentum=0.9)
+    w.grad = et.encrypt(torch.ones(2, 2), seal_ctx)
+    opt.step()
+    w.grad = et.encrypt(torch.ones(2, 2), seal_ctx)
+    opt.step()  # the buffer is at 2 levels (< use_levels + 1): no refresher, so none asked
+    assert (w.level, opt.state[w]["momentum_buffer"].level) == (2, 2)

@@ -164,3 +164,36 @@ def test_a_seeded_data_set_is_half_the_bytes_on_disk_and_trains_the_same(tmp_pat
         doubled = ds[0].x * 2.0
         assert (seal_ctx.decrypt(doubled) - 2 * x[:B]).abs().max() < 4 * ckks_tolerance(seal_ctx.params)
     assert sizes[True] < 0.55 * sizes[False]
+
+
+@pytest.mark.parametrize("softmax", ["default", "exact"])
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov"])
+def test_hetal_weights_are_never_refreshed_for_their_forward(softmax, optimizer):
+    """HETAL's (1024, 769, 10) job on the fast preset, dry-run: with torch's SGD (plain or Nesterov)
+    the optimizer keeps [W | b] at the level DiagABT uses it at, so no refresh is ever asked for the
+    forward's weights; the gradient's and buffer's refreshes are all there is on the weights' side:
+    one gradient per step (25 ciphertexts) and, with momentum, one buffer every third step."""
+    from encrypted_torch.ckks.null_backend import null_context
+    from encrypted_torch.hetal.pipeline import rotation_steps
+    from encrypted_torch.training.refresh_plan import plan_refreshes
+    from encrypted_torch.training.unit_choice import choose_unit
+
+    b, d, c, steps = 1024, 768, 10, 13
+    params = et.PRESETS["fast"]
+    unit = choose_unit(b, d + 1, c, params)
+    null = null_context(params, rotation_steps(unit, c))
+    job = validate_job({"model": "hetal-linear", "in_features": d, "out_features": c, "lr": 1.0, "epochs": 2,
+                        "softmax": softmax, "optimizer": optimizer}, BUILDERS)
+
+    def build(ctx):
+        init = Linear(d, c, init="zeros").encrypt(ctx, unit=unit).state_dict()
+        return build_hetal_linear(ctx, job, dict(init), unit)
+
+    plan = plan_refreshes(null, build, unit=unit, num_features=d, num_classes=c, train_rows=[b] * steps,
+                          val_rows=[256], steps_per_epoch=steps, epochs=2)
+    assert not [k for k in plan.per_epoch if k[0].startswith("DiagABT")], plan.per_epoch
+    n_w = 25  # [W | b] is (10, 769) in (256, 32) blocks: 25 ciphertexts
+    assert plan.per_epoch[("refresh", 0)] == n_w * steps  # the gradients, as DiagATB leaves them
+    # the buffer, when at the 4 levels the weights are used at (steps 4, 7, 10 and 13 of an epoch)
+    assert plan.per_epoch.get(("refresh", 4), 0) == (n_w * 4 if optimizer == "nesterov" else 0)
+    assert {k[0] for k in plan.per_epoch if k[0] == "refresh" and k[1] not in (0, 4)} == set()

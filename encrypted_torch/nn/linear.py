@@ -8,10 +8,20 @@ import numpy as np
 import torch
 
 from ..errors import EncryptionRequiredError, ShapeError
+from ..linalg.diag_abt import levels_needed
 from ..tensor.enctensor import EncTensor, encrypt
 from ..tensor.layout import BlockLayout
 from .module import Module, resolve_unit
 from .parameter import Parameter
+
+
+def _weight_parameter(packed: EncTensor) -> Parameter:
+    """[W | b] as the Parameter the forward's DiagABT reads as B: with an active Refresher it packs
+    B with ×i (option a) and uses it at ``levels_needed("const")[1]`` levels when its result may sit
+    at level 0 (HETAL.md §2)."""
+    param = Parameter(packed)
+    param.use_levels = levels_needed("const")[1]
+    return param
 
 
 class Linear(Module):
@@ -86,7 +96,7 @@ class Linear(Module):
         unit = resolve_unit(unit, like)
         packed = self.packed_plain()
         layout = BlockLayout(tuple(packed.shape), tuple(unit), "vertical")
-        self.weight_bias = Parameter(encrypt(packed, ctx, layout=layout))
+        self.weight_bias = _weight_parameter(encrypt(packed, ctx, layout=layout))
         self.plain_weight = self.plain_bias = None  # the server must not keep them
         return self
 
@@ -98,7 +108,7 @@ class Linear(Module):
         if not isinstance(packed, EncTensor):
             raise EncryptionRequiredError("from_state_dict takes an encrypted state_dict ({'weight_bias': EncTensor})")
         model = cls(in_features, packed.shape[0], bias=bias, init="zeros")
-        model.weight_bias = Parameter(packed)
+        model.weight_bias = _weight_parameter(packed)
         model.plain_weight = model.plain_bias = None
         return model
 

@@ -10,7 +10,13 @@ class Parameter(EncTensor):
 
     The optimizer replaces the ciphertexts (``p.set_(new)``) so that the object, and any
     optimizer state keyed by it, stays the same.
+
+    ``use_levels``: the levels the owning module's forward consumes from it (None: unknown), set by
+    the module. The optimizer keeps the parameter at that level when it can, so that neither its
+    update nor its next use asks for a refresh the other could have avoided.
     """
+
+    use_levels: int | None = None
 
     def __init__(self, data: EncTensor, requires_grad: bool = True) -> None:
         super().__init__(data.blocks, data.layout, data.ctx, requires_grad=requires_grad)

@@ -6,11 +6,15 @@ Refresher) a tensor that has none left, and only then.
 
 from __future__ import annotations
 
+from ..refresh import level_policy
 from ..tensor.enctensor import EncTensor
 
 
-def _with_levels(t: EncTensor, levels: int = 1) -> EncTensor:
-    return t if t.level >= levels else t.refresh(levels)
+def _with_levels(t: EncTensor, levels: int = 1, back_at: int | None = None) -> EncTensor:
+    """``t`` if it has ``levels`` levels, else refreshed (to ``back_at`` levels if given, else the top)."""
+    if t.level >= levels:
+        return t
+    return t.refresh(levels, back_at=None if back_at is None else min(max(back_at, levels), t.ctx.top_level))
 
 
 def scale(t: EncTensor, factor: float) -> EncTensor:
@@ -19,14 +23,24 @@ def scale(t: EncTensor, factor: float) -> EncTensor:
 
 
 def sgd(param: EncTensor, grad: EncTensor, buf: EncTensor | None, *, lr: float, momentum: float,
-        dampening: float, nesterov: bool, weight_decay: float) -> tuple[EncTensor, EncTensor | None]:
+        dampening: float, nesterov: bool, weight_decay: float,
+        keep_level: int | None = None) -> tuple[EncTensor, EncTensor | None]:
     """torch.optim.SGD's rule; returns (new param, new momentum buffer).
 
     The step is written as a sum of one-level terms, param − lr·c_g·grad − lr·c_b·buf (Nesterov:
     c_g = 1 + m(1 − d), c_b = m²), so the parameter lands at min(its level, grad's − 1, buf's − 1)
     instead of losing three levels through buf → m·buf → lr·(g + m·buf).
+
+    ``keep_level`` (the levels the parameter's next use consumes, ``Parameter.use_levels``): a
+    gradient out of levels comes back from its refresh at just enough levels to land the parameter
+    there (one more with momentum, so that the buffer it starts lasts as long as a top-level one:
+    the buffer's own refresh restarts it one level lower), and a buffer that would pull the parameter
+    below it is refreshed first — one refresh of the buffer every few steps instead of one of the
+    parameter in each of them. Values are the same either way; only where refreshes happen moves.
     """
-    grad = _with_levels(grad)  # a gradient at level 0 is refreshed once here, not in each use below
+    keep = keep_level if keep_level is not None and not weight_decay and level_policy().refreshes else None
+    # a gradient at level 0 is refreshed once here, not in each use below
+    grad = _with_levels(grad, back_at=None if keep is None else keep + (2 if momentum else 1))
     if weight_decay:
         grad = grad + scale(param, weight_decay)
     if not momentum:
@@ -34,7 +48,8 @@ def sgd(param: EncTensor, grad: EncTensor, buf: EncTensor | None, *, lr: float, 
     if buf is None:  # torch: the first buffer is the gradient itself, undampened
         new_buf, c_grad, c_buf = grad, (1 + momentum if nesterov else 1.0), 0.0
     else:
-        buf = _with_levels(buf)  # used twice below: refreshed (if at all) once
+        # used twice below: refreshed (if at all) once, before it could pull the parameter below `keep`
+        buf = _with_levels(buf, 1 if keep is None or keep + 1 > buf.ctx.top_level else keep + 1)
         new_buf = scale(buf, momentum) + (grad if dampening == 0 else scale(grad, 1 - dampening))
         c_grad = (1 + momentum * (1 - dampening)) if nesterov else 1 - dampening
         c_buf = momentum * momentum if nesterov else momentum

@@ -30,7 +30,8 @@ class SGD(Optimizer):
     def _update(self, group: dict[str, Any], param: Parameter, state: dict[str, Any]) -> EncTensor:
         new_p, buf = F.sgd(param.detach(), param.grad, state.get("momentum_buffer"), lr=group["lr"],
                            momentum=group["momentum"], dampening=group["dampening"],
-                           nesterov=group["nesterov"], weight_decay=group["weight_decay"])
+                           nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                           keep_level=param.use_levels)
         if buf is not None:
             state["momentum_buffer"] = buf
         return new_p

@@ -145,10 +145,11 @@ class EncTensor(TensorBase):
         ev = self.ctx.evaluator
         return self._new([[ev.mod_switch(c, level) for c in row] for row in self._blocks])
 
-    def refresh(self, levels: int | None = None) -> EncTensor:
-        """Bring blocks below ``levels`` (default: all) to the top level via the active Refresher."""
+    def refresh(self, levels: int | None = None, *, back_at: int | None = None) -> EncTensor:
+        """Bring blocks below ``levels`` (default: all) to the top level via the active Refresher
+        (or to ``back_at`` levels, when the caller knows it needs no more: cheaper to send)."""
         need = self.ctx.top_level if levels is None else levels
-        flat = ensure_levels(self.ciphers(), need, "refresh")
+        flat = ensure_levels(self.ciphers(), need, "refresh", back_at=back_at)
         n_b = self.layout.grid[1]
         out = self._new([flat[i : i + n_b] for i in range(0, len(flat), n_b)])
         out.requires_grad = self.requires_grad
