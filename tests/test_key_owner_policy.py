@@ -72,10 +72,26 @@ def test_resumes_are_capped():
         policy.check_refresh(STAGE[0], [0])
 
 
-def test_unplanned_levels_and_stages_are_refused():
-    for stage, level in [(STAGE[0], 1), ("DiagABT (x @ w.T)", 0)]:
+def test_unplanned_stages_and_levels_above_the_plan_are_refused():
+    for stage, level in [(STAGE[0], 1), (VAL[0], VAL[1] + 1), ("DiagATB (g.T @ x)", 0)]:
         with pytest.raises(JobPolicyError, match="plans 0"):
             KeyOwnerPolicy(PLAN).check_refresh(stage, [level])
+
+
+def test_a_request_below_its_planned_level_takes_that_levels_budget():
+    """A server may mod-switch a request down (the trim cut sends them all at level 0): it counts
+    against the lowest planned level at or above its own, and the stage's budget stays the same."""
+    plan = RefreshPlan(epochs=1, steps_per_epoch=1, per_epoch={("refresh", 0): 2, ("refresh", 4): 3},
+                       per_step={}, validation={}, val_layouts=(), state_layouts={})
+    policy = KeyOwnerPolicy(plan)
+    policy.check_refresh("refresh", [0, 0, 0, 4])  # two at 0, then one at 0 and one at 4 take level 4's
+    assert policy.used == {("refresh", 0): 2, ("refresh", 4): 2}
+    with pytest.raises(JobPolicyError, match="4 ciphertext.*level 4 or above.*plans 3"):
+        policy.check_refresh("refresh", [4, 4])
+    fresh = KeyOwnerPolicy(plan)
+    fresh.check_refresh("refresh", [0] * 5)
+    with pytest.raises(JobPolicyError, match="6 ciphertext.*level 0 or above.*plans 5"):
+        fresh.check_refresh("refresh", [0])
 
 
 def test_the_policy_state_round_trips():

@@ -17,7 +17,7 @@ from encrypted_torch.client import KeyOwner
 from encrypted_torch.client.remote import RemoteSession, RetryPolicy
 from encrypted_torch.errors import JobPolicyError
 from encrypted_torch.nn.linear import Linear
-from encrypted_torch.protocol.ciphers import decode_ciphers, encode_payloads
+from encrypted_torch.protocol.ciphers import decode_ciphers, encode_ciphers, encode_payloads
 from encrypted_torch.protocol.wire import wire_cuts
 from encrypted_torch.server import BUILDERS
 from encrypted_torch.storage.dataset import StreamingLoader
@@ -49,6 +49,38 @@ def test_a_trimmed_refresh_is_at_the_asked_level_and_smaller(seal_ctx):
     (fresh,) = decode_ciphers(low, pub, expected=1)
     assert fresh.level == 1 and len(low) < 0.6 * len(top)  # 2 of the 4 primes of preset "test"
     assert abs(seal_ctx.decrypt_vector(fresh).real - values).max() < ckks_tolerance(seal_ctx.params)
+
+
+@pytest.mark.parametrize("cuts", ["all", "none"])
+def test_a_trimming_server_sends_refresh_requests_at_level_0(seal_ctx, monkeypatch, cuts):
+    """With ``trim`` the server's link mod-switches every request to level 0 before sending: fewer
+    bytes for the same values (the key owner counts it against the planned level above it)."""
+    from encrypted_torch.protocol.messages import RefreshReply, RefreshRequest
+    from encrypted_torch.server.link import NetworkKeyOwner
+
+    monkeypatch.setenv("ENCRYPTED_TORCH_WIRE_CUTS", cuts)
+    pub = seal_ctx.public()
+    values = torch.rand(seal_ctx.slots).double().numpy()
+    cipher = pub.evaluator.mod_switch(pub.evaluator.encrypt(values), 2)
+    sent: list[RefreshRequest] = []
+
+    class Loopback:  # the key owner's side of the channel, in this process
+        def send(self, msg):
+            sent.append(msg)
+
+        def expect(self, cls, timeout=None):
+            (asked,) = decode_ciphers(sent[-1].ciphers, pub, expected=1)
+            payloads = seal_ctx.refresh_payloads([asked], level=None if sent[-1].level < 0 else sent[-1].level)
+            return RefreshReply(sent[-1].request_id, encode_payloads(pub.fingerprint, *payloads))
+
+    (fresh,) = NetworkKeyOwner(Loopback(), pub).refresh([cipher], stage="refresh", level=3)
+    (on_wire,) = decode_ciphers(sent[0].ciphers, pub, expected=1)
+    assert on_wire.level == (0 if cuts == "all" else 2)
+    assert fresh.level == (3 if cuts == "all" else pub.top_level)
+    assert abs(seal_ctx.decrypt_vector(fresh).real - values).max() < ckks_tolerance(seal_ctx.params)
+    if cuts == "all":
+        full = len(encode_ciphers(pub, [cipher]))
+        assert len(sent[0].ciphers) < 0.45 * full  # 1 of the 3 primes left at level 2
 
 
 def test_the_wire_cut_setting_is_read_and_checked(monkeypatch):

@@ -55,20 +55,32 @@ class KeyOwnerPolicy:
         return self.end(JobPolicyError(f"refused: {what}; the key owner ends the job"))  # type: ignore[return-value]
 
     def check_refresh(self, stage: str, levels: Sequence[int]) -> None:
-        """Count a refresh request against the plan; JobPolicyError (and the job ends) beyond it."""
+        """Count a refresh request against the plan; JobPolicyError (and the job ends) beyond it.
+
+        A ciphertext may come at its planned level or below it: a server may always mod-switch what
+        it sends down (with the ``trim`` cut it sends every request at level 0, the fewest bytes), so a
+        lower level grants it nothing. Each one takes the lowest planned level at or above its own
+        that has room left (greedy, which for these nested choices fits whenever any assignment does).
+        """
         self.check_open()
         if self.plan is None:
             return
         if self.stopped:
             raise self.refuse(f"a refresh after training stopped at epoch {max(self.verdicts)}")
-        asked = Counter((stage, lv) for lv in levels)
-        for key, n in asked.items():
-            limit = self.plan.per_epoch.get(key, 0) + self.allowance[key]
-            if self.used[key] + n > limit:
-                raise self.refuse(f"{self.used[key] + n} ciphertext(s) at stage {stage!r}, level {key[1]} in one "
-                                  f"epoch; the job plans {self.plan.per_epoch.get(key, 0)}"
-                                  f"{f' (+{self.allowance[key]} replay)' if self.allowance[key] else ''}")
-        self.used.update(asked)
+        planned = sorted({lv for s, lv in (*self.plan.per_epoch, *self.allowance) if s == stage})
+        limit = {lv: self.plan.per_epoch.get((stage, lv), 0) + self.allowance[(stage, lv)] for lv in planned}
+        taken: Counter = Counter()
+        for lv in sorted(levels):
+            room = [p for p in planned if p >= lv and self.used[(stage, p)] + taken[(stage, p)] < limit[p]]
+            if not room:
+                above = [p for p in planned if p >= lv]
+                asked = sum(self.used[(stage, p)] + taken[(stage, p)] for p in above) + 1
+                plans = sum(self.plan.per_epoch.get((stage, p), 0) for p in above)
+                extra = sum(self.allowance[(stage, p)] for p in above)
+                raise self.refuse(f"{asked} ciphertext(s) at stage {stage!r}, level {lv} or above in one epoch; "
+                                  f"the job plans {plans}{f' (+{extra} replay)' if extra else ''}")
+            taken[(stage, room[0])] += 1
+        self.used.update(taken)
 
     def resumed(self) -> None:
         """The connection was lost and the server continues from a checkpoint: allow one window again."""

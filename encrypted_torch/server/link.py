@@ -35,7 +35,8 @@ class NetworkKeyOwner:
     """``training.KeyOwnerLink`` over a Channel: each call is one request and its reply.
 
     Replies are checked before the trainer sees them: request id, key, counts, layouts, and
-    that refreshed ciphertexts are fresh (top level).
+    that refreshed ciphertexts are fresh (top level, or the level asked for with ``trim``, which
+    also sends every refresh request at level 0).
     """
 
     def __init__(self, channel: Channel, ctx: Any, reply_timeout: float | None = 600.0) -> None:
@@ -50,7 +51,9 @@ class NetworkKeyOwner:
 
     def refresh(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None) -> list[Cipher]:
         rid, ask = next(self._ids), self._asked_level(level)
-        self.channel.send(RefreshRequest(rid, encode_ciphers(self.ctx, ciphers), stage, ask))
+        # trimming, a request goes at level 0: the key owner decrypts the same values from fewer bytes
+        sent = [self.ctx.evaluator.mod_switch(c, 0) for c in ciphers] if self.trim else ciphers
+        self.channel.send(RefreshRequest(rid, encode_ciphers(self.ctx, sent), stage, ask))
         reply = self._reply(RefreshReply, rid)
         fresh = decode_ciphers(reply.ciphers, self.ctx, expected=len(ciphers))
         check_fresh(fresh, self.ctx.top_level if ask < 0 else ask)
