@@ -81,6 +81,11 @@ def test_a_trimming_server_sends_refresh_requests_at_level_0(seal_ctx, monkeypat
     if cuts == "all":
         full = len(encode_ciphers(pub, [cipher]))
         assert len(sent[0].ciphers) < 0.45 * full  # 1 of the 3 primes left at level 2
+    # the epoch end's validation logits and state, and the exact softmax's logits, go the same way
+    state = et.encrypt(torch.rand(3, 5, dtype=torch.float64), pub)
+    sent_state = NetworkKeyOwner(Loopback(), pub)._lowest(state)
+    assert {c.level for c in sent_state.ciphers()} == ({0} if cuts == "all" else {pub.top_level})
+    assert (seal_ctx.decrypt(sent_state) - seal_ctx.decrypt(state)).abs().max() < ckks_tolerance(seal_ctx.params)
 
 
 def test_the_wire_cut_setting_is_read_and_checked(monkeypatch):

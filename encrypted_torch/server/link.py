@@ -49,6 +49,14 @@ class NetworkKeyOwner:
         """The level to ask a reply at: the consumer's when trimming, else the top (-1 on the wire)."""
         return level if (self.trim and level is not None) else -1
 
+    def _lowest(self, t: EncTensor) -> EncTensor:
+        """``t`` at level 0 when trimming: the key owner only decrypts what it is sent, and the same
+        values take fewer bytes with fewer primes."""
+        if not self.trim:
+            return t
+        ev = self.ctx.evaluator
+        return t._new([[ev.mod_switch(c, 0) for c in row] for row in t.blocks])
+
     def refresh(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None) -> list[Cipher]:
         rid, ask = next(self._ids), self._asked_level(level)
         # trimming, a request goes at level 0: the key owner decrypts the same values from fewer bytes
@@ -64,7 +72,8 @@ class NetworkKeyOwner:
     def softmax_gradient(self, logits: EncTensor, labels: KeptLabels, level: int | None = None) -> EncTensor:
         """The key owner's fresh (softmax(z) − Y)/rows for a training batch's logits (exact-softmax jobs)."""
         rid, ask = next(self._ids), self._asked_level(level)
-        self.channel.send(SoftmaxGradRequest(rid, labels.dataset, labels.index, labels.rows, logits.to_bytes(), ask))
+        self.channel.send(SoftmaxGradRequest(rid, labels.dataset, labels.index, labels.rows,
+                                             self._lowest(logits).to_bytes(), ask))
         reply = self._reply(SoftmaxGradReply, rid)
         blocks = decode_ciphers(reply.grad, self.ctx, expected=len(logits.ciphers()))
         check_fresh(blocks, self.ctx.top_level if ask < 0 else ask)
@@ -74,8 +83,8 @@ class NetworkKeyOwner:
     def end_epoch(self, epoch: int, dataset: str, val_logits: list[EncTensor],
                   state: dict[str, EncTensor]) -> EpochVerdict:
         rid = next(self._ids)
-        self.channel.send(EpochEndRequest(rid, epoch, dataset, [t.to_bytes() for t in val_logits],
-                                          encode_tensors(state)))
+        self.channel.send(EpochEndRequest(rid, epoch, dataset, [self._lowest(t).to_bytes() for t in val_logits],
+                                          encode_tensors({k: self._lowest(v) for k, v in state.items()})))
         reply = self._reply(EpochVerdictReply, rid)
         return EpochVerdict(decode_tensors(reply.refreshed, self.ctx, like=state), reply.stop)
 
