@@ -228,6 +228,21 @@ def markdown(results: list[dict[str, Any]], links: list[Link], meta: dict[str, A
                        f"({_levels(ps.get('levels_to_server', {}))}) | {'–' if step is None else f'{step:.2f}'} "
                        f"| {_sec(ps.get('key_owner_seconds'))} "
                        f"| {ratio} | {'–' if model is None else f'{model:.2f}'} |")
+    out += ["", "Mean over steps 2..N (what an epoch costs a step: refreshes differ from step to step, e.g. a "
+            "momentum buffer's every few steps):", "",
+            "| cut | link | steps | MB client→server | MB server→client | round trips | ciphers to key owner "
+            "| step s | wire model s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for link in links + [BRACKET]:
+            s = r.get("sessions", {}).get(link.name)
+            if s is None or not s.get("mean_step"):
+                continue
+            ms = s["mean_step"]
+            model = wire_model_seconds(link, ms)
+            out.append(f"| {r['cut']} | {link.name} | {max(len(s['steps']) - 1, 1)} | {_mb(ms.get('c2s_bytes'))} "
+                       f"| {_mb(ms.get('s2c_bytes'))} | {ms.get('round_trips', 0):.1f} "
+                       f"| {ms.get('ciphers_to_client', 0):.1f} | {_sec(ms.get('server_seconds'))} "
+                       f"| {'–' if model is None else f'{model:.2f}'} |")
     relayed = " / ".join(link.name for link in links if not link.direct) or "loopback"
     out += ["", "One-off costs (per cut configuration):", "",
             "| cut | public context MB | dataset upload KB / row | upload MB (context + data) "

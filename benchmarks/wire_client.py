@@ -223,8 +223,8 @@ def _summarise(kind: str, seg: list[dict[str, Any]], seg_start: float, prev_refr
 
 
 def analyse(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-step and per-epoch-end traffic, the upload's bytes by target, and the medians over steps
-    2.. (the first step of a session also builds the server's model; it is reported, not averaged)."""
+    """Per-step and per-epoch-end traffic, the upload's bytes by target, and the medians and means over
+    steps 2.. (the first step of a session also builds the server's model; it is reported, not averaged)."""
     upload: Counter = Counter()
     upload_time = [None, None]
     for e in events:
@@ -250,13 +250,16 @@ def analyse(events: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("c2s_bytes", "s2c_bytes", "round_trips", "ciphers_to_client", "ciphers_to_server",
             "server_seconds", "client_seconds", "key_owner_seconds")
     per_step = {k: statistics.median(r[k] for r in measured) for k in keys if measured and r_has(measured, k)}
+    # refreshes differ from step to step (a momentum buffer's every few steps): the mean is what an epoch costs
+    mean_step = {k: statistics.fmean(r[k] for r in measured) for k in keys if measured and r_has(measured, k)}
     if measured:
         per_step["levels_to_client"] = measured[-1]["levels_to_client"]
         per_step["levels_to_server"] = measured[-1]["levels_to_server"]
         per_step["requests"] = measured[-1]["requests"]
         per_step["server_seconds_all"] = [r.get("server_seconds") for r in steps]
     return {"upload_bytes": dict(upload), "upload_seconds": (upload_time[1] - upload_time[0]) if upload_time[0]
-            is not None else None, "steps": steps, "epoch_ends": epoch_ends, "per_step": per_step}
+            is not None else None, "steps": steps, "epoch_ends": epoch_ends, "per_step": per_step,
+            "mean_step": mean_step}
 
 
 def r_has(rows: list[dict[str, Any]], key: str) -> bool:

@@ -54,3 +54,4 @@ def test_steps_and_epoch_ends_are_cut_at_progress_and_verdict() -> None:
     assert len(out["epoch_ends"]) == 1
     assert (out["epoch_ends"][0]["s2c_bytes"], out["epoch_ends"][0]["c2s_bytes"]) == (900, 20)
     assert out["per_step"]["server_seconds"] == 3.5  # median of steps 2 and 3: step 1 is not averaged
+    assert out["mean_step"]["server_seconds"] == 3.5 and out["mean_step"]["c2s_bytes"] == 800
