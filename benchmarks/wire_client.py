@@ -253,9 +253,11 @@ def analyse(events: list[dict[str, Any]]) -> dict[str, Any]:
     # refreshes differ from step to step (a momentum buffer's every few steps): the mean is what an epoch costs
     mean_step = {k: statistics.fmean(r[k] for r in measured) for k in keys if measured and r_has(measured, k)}
     if measured:
-        per_step["levels_to_client"] = measured[-1]["levels_to_client"]
-        per_step["levels_to_server"] = measured[-1]["levels_to_server"]
-        per_step["requests"] = measured[-1]["requests"]
+        # the levels of a step like the median one (the last such), so that they add up to its count
+        like = [r for r in measured if r.get("ciphers_to_client") == per_step.get("ciphers_to_client")] or measured
+        per_step["levels_to_client"] = like[-1]["levels_to_client"]
+        per_step["levels_to_server"] = like[-1]["levels_to_server"]
+        per_step["requests"] = like[-1]["requests"]
         per_step["server_seconds_all"] = [r.get("server_seconds") for r in steps]
     return {"upload_bytes": dict(upload), "upload_seconds": (upload_time[1] - upload_time[0]) if upload_time[0]
             is not None else None, "steps": steps, "epoch_ends": epoch_ends, "per_step": per_step,
