@@ -83,15 +83,15 @@ def level_policy() -> LevelPolicy:
     return LevelPolicy(refreshes=_current.get() is not None)
 
 
-def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str, *, only: bool = False,
+def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str, *,
                   back_at: int | None = None) -> list[Cipher]:
     """Return ``ciphers`` with at least ``levels`` levels each, refreshing only those short of it.
 
-    ``only=True``: the caller uses exactly ``levels`` levels of what it gets (it mod-switches the
-    rest away, as the matrix products do), so a refresh may come back at level ``levels`` instead of
-    the top: the same values, cheaper to make, send and use. ``back_at``: the same for a caller whose
-    results must keep more levels than its first use needs (the optimizer's gradient). Raises
-    DepthError naming the op when a refresh is needed and no refresher is active.
+    ``back_at``: the levels the caller uses of what it gets (≥ ``levels``; a matrix product passes
+    ``levels`` itself and mod-switches the rest away; the optimizer's gradient keeps more than its
+    first use needs), so a refresh may come back at that level instead of the top: the same values,
+    cheaper to make, send and use. Raises DepthError naming the op when a refresh is needed and no
+    refresher is active.
     """
     short = [i for i, c in enumerate(ciphers) if c.level < levels]
     if not short:
@@ -101,7 +101,7 @@ def ensure_levels(ciphers: Sequence[Cipher], levels: int, op: str, *, only: bool
         raise DepthError(op, levels, min(ciphers[i].level for i in short))
     if back_at is not None and back_at < levels:
         raise ValueError(f"back_at={back_at} is below the {levels} levels asked for")
-    fresh = refresh_stage(refresher, [ciphers[i] for i in short], op, level=levels if only else back_at)
+    fresh = refresh_stage(refresher, [ciphers[i] for i in short], op, level=back_at)
     out = list(ciphers)
     for i, c in zip(short, fresh, strict=True):
         if c.level < levels:

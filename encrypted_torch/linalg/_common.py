@@ -70,7 +70,7 @@ def prepare(ev: Evaluator, x: Any, level: int, op: str) -> Blocks:
     Rotations cost several times less at a low level (HETAL.md §3.4), so every operand is brought
     to the lowest level the product needs before the first rotation.
     """
-    flat = ensure_levels(x.ciphers(), level, op, only=True)  # a refresh need not come back higher
+    flat = ensure_levels(x.ciphers(), level, op, back_at=level)  # a refresh need not come back higher
     flat = [ev.mod_switch(c, level) for c in flat]
     n_b = x.layout.grid[1]
     return [flat[i : i + n_b] for i in range(0, len(flat), n_b)]

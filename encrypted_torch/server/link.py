@@ -52,10 +52,7 @@ class NetworkKeyOwner:
     def _lowest(self, t: EncTensor) -> EncTensor:
         """``t`` at level 0 when trimming: the key owner only decrypts what it is sent, and the same
         values take fewer bytes with fewer primes."""
-        if not self.trim:
-            return t
-        ev = self.ctx.evaluator
-        return t._new([[ev.mod_switch(c, 0) for c in row] for row in t.blocks])
+        return t.mod_switch_to(0) if self.trim else t
 
     def refresh(self, ciphers: Sequence[Cipher], stage: str = "", level: int | None = None) -> list[Cipher]:
         rid, ask = next(self._ids), self._asked_level(level)
